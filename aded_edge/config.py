@@ -1,0 +1,42 @@
+"""Every drafting knob in one frozen dataclass; the CLI and the API map onto its fields."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DraftConfig:
+    # --- MCTS (defaults are the ADED reference values) ---
+    c1: float = 32.0            # pUCT exploration constant (weight of the prior term)
+    c2: float = 8.0             # pUCT visit-count scale inside the log term
+    n_simulations: int = 150    # MCTS simulations per draft
+    max_depth: int = 4          # deepest draft node (tokens after the pending one)
+    top_k: int = 12             # successors kept per (t-2, t-1) pair, in the matrix and in the tree
+    max_nodes: int = 64         # node budget of one draft tree (batch = nodes + 1)
+    # --- adaptation of the tri-gram matrix while decoding ---
+    adapt_increment: float = 0.5  # weight added to a tri-gram each time the context or output shows it
+    adapt_cap: float = 4.0        # ceiling of an adapted weight (keeps old habits from freezing the tree)
+    # --- budget: how much of the tree is verified each step ---
+    budget: str = "auto"        # "auto": choose size from measured cost and predicted acceptance; "fixed": always max_nodes
+    min_accept_prob: float = 0.0  # nodes predicted below this acceptance are never drafted (auto budget)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.c1 > 0, "c1 must be > 0"),
+            (self.c2 > 0, "c2 must be > 0"),
+            (self.n_simulations >= 1, "n_simulations must be >= 1"),
+            (1 <= self.max_depth <= 32, "max_depth must be in 1..32"),
+            (1 <= self.top_k <= 64, "top_k must be in 1..64"),
+            (0 <= self.max_nodes <= 255, "max_nodes must be in 0..255 (llama.cpp allows 256 sequences)"),
+            (self.adapt_increment >= 0, "adapt_increment must be >= 0"),
+            (self.adapt_cap >= self.adapt_increment, "adapt_cap must be >= adapt_increment"),
+            (self.budget in ("auto", "fixed"), "budget must be 'auto' or 'fixed'"),
+            (0.0 <= self.min_accept_prob < 1.0, "min_accept_prob must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def replace(self, **changes) -> "DraftConfig":
+        return dataclasses.replace(self, **changes)

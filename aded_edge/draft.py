@@ -1,0 +1,207 @@
+"""Draft tree by Monte Carlo Tree Search over the tri-gram matrix.
+
+The tree hangs below the *pending* token (the last emitted token, not yet in the KV cache).
+Each simulation selects by pUCT, expands one node with its matrix successors, rolls out greedily
+to the depth limit and backs up the expected accepted length of the path it walked. The most
+visited nodes form the draft; it is returned ordered by predicted reach probability so that any
+prefix of the arrays is itself a valid tree (the budget cuts it there).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from .config import DraftConfig
+from .trigram import TrigramMatrix, _successors
+
+
+@dataclass(frozen=True)
+class DraftTree:
+    tokens: np.ndarray   # int32 [n] token id of each node
+    parents: np.ndarray  # int32 [n] index of the parent node, -1 for children of the pending token
+    depth: np.ndarray    # int32 [n] 1 for children of the pending token; parents precede children
+    prob: np.ndarray     # float32 [n] matrix probability that the path to this node is taken
+    visits: np.ndarray   # int32 [n] MCTS visit count
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def head(self, n: int) -> "DraftTree":
+        """The first n nodes: still a tree, because parents come before their children."""
+        return DraftTree(self.tokens[:n], self.parents[:n], self.depth[:n], self.prob[:n], self.visits[:n])
+
+    @staticmethod
+    def empty() -> "DraftTree":
+        z = np.empty(0, np.int32)
+        return DraftTree(z, z, z, np.empty(0, np.float32), z)
+
+
+@njit(cache=True)
+def _mcts(ctx_a, pending, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob,
+          top_k, n_sims, max_depth, max_nodes, c1, c2):
+    cap = 1 + n_sims * top_k
+    tok = np.empty(cap, np.int32)
+    par = np.full(cap, -1, np.int32)
+    dep = np.zeros(cap, np.int32)
+    prior = np.zeros(cap, np.float32)
+    reach = np.zeros(cap, np.float32)      # product of priors from the root
+    n_vis = np.zeros(cap, np.int32)
+    w_sum = np.zeros(cap, np.float32)
+    first = np.full(cap, -1, np.int32)     # first child index (children are contiguous)
+    n_ch = np.zeros(cap, np.int32)
+    expanded = np.zeros(cap, np.bool_)
+    out_tok = np.empty(top_k, np.int32)
+    out_p = np.empty(top_k, np.float32)
+    path = np.empty(max_depth + 1, np.int32)
+
+    tok[0] = pending
+    reach[0] = 1.0
+    n_nodes = 1
+    for _ in range(n_sims):
+        # selection: follow pUCT through expanded nodes
+        node = 0
+        plen = 0
+        path[plen] = node
+        plen += 1
+        while expanded[node] and n_ch[node] > 0:
+            sqrt_n = np.sqrt(np.float32(n_vis[node]))
+            explore = c1 + np.log((n_vis[node] + c2 + 1.0) / c2)
+            best, best_u = -1, -1.0
+            for c in range(first[node], first[node] + n_ch[node]):
+                q = w_sum[c] / n_vis[c] if n_vis[c] > 0 else 0.0
+                u = q + prior[c] * sqrt_n / (1.0 + n_vis[c]) * explore
+                if u > best_u:
+                    best, best_u = c, u
+            node = best
+            path[plen] = node
+            plen += 1
+        # expansion: add the matrix successors of the node's context
+        if not expanded[node] and dep[node] < max_depth:
+            expanded[node] = True
+            a = tok[par[node]] if node > 0 else ctx_a
+            n = _successors(a, tok[node], n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob,
+                            top_k, out_tok, out_p)
+            first[node] = n_nodes
+            n_ch[node] = n
+            for j in range(n):
+                c = n_nodes + j
+                tok[c] = out_tok[j]
+                par[c] = node
+                dep[c] = dep[node] + 1
+                prior[c] = out_p[j]
+                reach[c] = reach[node] * out_p[j]
+            n_nodes += n
+        # value: expected accepted length along the selected path plus a greedy rollout
+        value = 0.0
+        for i in range(1, plen):
+            value += reach[path[i]]
+        r = reach[node]
+        a, b = (tok[par[node]] if node > 0 else ctx_a), tok[node]
+        for _d in range(dep[node], max_depth):
+            n = _successors(a, b, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob,
+                            1, out_tok, out_p)
+            if n == 0:
+                break
+            r *= out_p[0]
+            value += r
+            a, b = b, out_tok[0]
+        # backup
+        for i in range(plen):
+            n_vis[path[i]] += 1
+            w_sum[path[i]] += value
+    # the most visited nodes (root excluded); visits never grow from parent to child, and
+    # depth breaks ties, so this set contains the parent of each of its nodes
+    cand = np.empty(n_nodes - 1, np.int64)
+    m = 0
+    for i in range(1, n_nodes):
+        if n_vis[i] > 0:
+            cand[m] = i
+            m += 1
+    cand = cand[:m]
+    order = np.argsort(-(n_vis[cand].astype(np.int64) * 64 - dep[cand]), kind="mergesort")
+    chosen = cand[order[:max_nodes]]
+    # reorder by reach probability (ties: shallower first) so every prefix is a tree
+    key = np.empty(chosen.shape[0], np.float64)
+    for i in range(chosen.shape[0]):
+        key[i] = -reach[chosen[i]] + dep[chosen[i]] * 1e-9
+    chosen = chosen[np.argsort(key, kind="mergesort")]
+    k = chosen.shape[0]
+    remap = np.full(n_nodes, -1, np.int32)
+    for i in range(k):
+        remap[chosen[i]] = i
+    t_out = np.empty(k, np.int32)
+    p_out = np.empty(k, np.int32)
+    d_out = np.empty(k, np.int32)
+    r_out = np.empty(k, np.float32)
+    v_out = np.empty(k, np.int32)
+    for i in range(k):
+        c = chosen[i]
+        t_out[i] = tok[c]
+        p_out[i] = remap[par[c]] if par[c] > 0 else -1
+        d_out[i] = dep[c]
+        r_out[i] = reach[c]
+        v_out[i] = n_vis[c]
+    return t_out, p_out, d_out, r_out, v_out
+
+
+def build_draft(matrix: TrigramMatrix, context, config: DraftConfig, max_nodes: int | None = None,
+                max_depth: int | None = None) -> DraftTree:
+    """Draft tree continuing `context` (its last token is the pending one). max_nodes/max_depth
+    tighten the config's caps (e.g. near the end of the context window)."""
+    if len(context) == 0:
+        raise ValueError("build_draft needs at least one context token")
+    nodes = config.max_nodes if max_nodes is None else min(int(max_nodes), config.max_nodes)
+    depth = config.max_depth if max_depth is None else min(int(max_depth), config.max_depth)
+    pending = int(context[-1])
+    ctx_a = int(context[-2]) if len(context) >= 2 else -1
+    if not 0 <= pending < matrix.n_vocab or not -1 <= ctx_a < matrix.n_vocab:
+        raise ValueError("context token ids out of the matrix vocabulary")
+    if nodes <= 0 or depth <= 0:
+        return DraftTree.empty()
+    t, p, d, r, v = _mcts(np.int64(ctx_a), np.int64(pending), matrix.n_vocab, *matrix.kernel_arrays(),
+                          min(config.top_k, matrix.top_k), config.n_simulations, depth, nodes,
+                          np.float32(config.c1), np.float32(config.c2))
+    return DraftTree(t, p, d, r, v)
+
+
+@njit(cache=True)
+def _tree_layout(parents, seq, n_seq):
+    """Sequence ids of the batch rows (row 0: the pending token, row 1 + j: node j). Each
+    root-to-leaf path gets its own id and a row carries the ids of all leaves below it, which
+    is exact tree attention in llama.cpp's unified KV cache. Returns the number of ids used."""
+    n = parents.shape[0]
+    has_child = np.zeros(n, np.bool_)
+    for j in range(n):
+        if parents[j] >= 0:
+            has_child[parents[j]] = True
+    for r in range(n + 1):
+        n_seq[r] = 0
+    leaf = 0
+    for j in range(n):
+        if has_child[j]:
+            continue
+        node = j
+        while node >= 0:
+            seq[node + 1, n_seq[node + 1]] = leaf
+            n_seq[node + 1] += 1
+            node = parents[node]
+        seq[0, n_seq[0]] = leaf
+        n_seq[0] += 1
+        leaf += 1
+    if n == 0:
+        seq[0, 0] = 0
+        n_seq[0] = 1
+        leaf = 1
+    return leaf
+
+
+def tree_layout(tree: DraftTree, seq: np.ndarray, n_seq: np.ndarray) -> int:
+    """Fill seq[row, :n_seq[row]] for the tree's batch rows; see _tree_layout."""
+    if seq.shape[0] < len(tree) + 1 or n_seq.shape[0] < len(tree) + 1:
+        raise ValueError("tree larger than the batch")
+    n_leaves = int(np.count_nonzero(~np.isin(np.arange(len(tree)), tree.parents))) if len(tree) else 1
+    if n_leaves > seq.shape[1]:
+        raise ValueError("tree has more leaves than sequence ids")
+    return _tree_layout(np.ascontiguousarray(tree.parents, np.int32), seq, n_seq)

@@ -1,0 +1,385 @@
+"""The only module that imports llama_cpp.
+
+`AdedLlama` is a `llama_cpp.Llama` whose `generate` decodes with draft trees: every other entry
+point (`create_completion`, `create_chat_completion`, streaming, stop strings, chat templates)
+is llama-cpp-python's own and simply consumes these tokens. Options a tree cannot honour
+losslessly fall back to llama-cpp-python's plain `generate`.
+
+One step of the loop in `_speculate`: draft -> verify -> accept -> update.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import json
+import os
+import time
+from collections import deque
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+from llama_cpp import _internals
+
+from . import models
+from .accept import Sampling, make_chooser, walk_tree
+from .budget import CostModel, ReachCalibrator, best_size, order_by
+from .config import DraftConfig
+from .draft import DraftTree, build_draft, tree_layout
+from .gguf import read_gguf
+from .stats import DecodeStats
+from .trigram import MatrixFileError, TrigramMatrix
+
+# batch sizes whose decode cost is measured at load (cut at the largest tree + 1)
+COST_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 96, 128, 192, 256)
+COST_REPEATS = 3          # median of this many timings per size
+COST_PREFIX = 64          # KV entries present while measuring (the curve is rescaled online)
+
+
+class TreeBatch:
+    """A llama_batch whose arrays are numpy buffers, so a whole tree is written vectorised."""
+
+    def __init__(self, capacity: int, n_seq: int):
+        self.token = np.zeros(capacity, np.int32)
+        self.pos = np.zeros(capacity, np.int32)
+        self.n_seq = np.zeros(capacity, np.int32)
+        self.seq = np.zeros((capacity, n_seq), np.int32)
+        self.logits = np.ones(capacity, np.int8)
+        i32p = ctypes.POINTER(ctypes.c_int32)
+        self._rows = (i32p * capacity)(*[ctypes.cast(self.seq[r].ctypes.data, i32p) for r in range(capacity)])
+        self.batch = llama_cpp.llama_batch(
+            n_tokens=0, token=self.token.ctypes.data_as(i32p), embd=None,
+            pos=self.pos.ctypes.data_as(i32p), n_seq_id=self.n_seq.ctypes.data_as(i32p),
+            seq_id=ctypes.cast(self._rows, ctypes.POINTER(i32p)),
+            logits=self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)))
+
+    def fill(self, pending: int, tree: DraftTree, n_past: int) -> int:
+        """Pending token at n_past, node j at n_past + depth[j]; returns the number of sequence ids."""
+        n = len(tree)
+        self.token[0], self.pos[0] = pending, n_past
+        self.token[1:n + 1] = tree.tokens
+        self.pos[1:n + 1] = n_past + tree.depth
+        self.batch.n_tokens = n + 1
+        return tree_layout(tree, self.seq, self.n_seq)
+
+
+class AdedLlama(llama_cpp.Llama):
+    """`llama_cpp.Llama` with lossless ADED drafting. Extra keyword arguments:
+    draft (DraftConfig), matrix (TrigramMatrix or a matrix file path), calibrate (measure the
+    batch cost curve at load; cached on disk). `model_path` may also be a catalog name."""
+
+    def __init__(self, model_path, *, draft: DraftConfig | None = None, matrix=None,
+                 calibrate: bool = True, speculative: bool = True, **kwargs):
+        path = str(models.resolve(model_path))
+        read_gguf(path)  # a clear error for a foreign or truncated file, before llama.cpp sees it
+        super().__init__(path, **kwargs)
+        self.draft_config = draft or DraftConfig()
+        self.last_stats = DecodeStats()
+        self.matrix = self._attach_matrix(matrix)
+        self._calibrators = {True: ReachCalibrator(), False: ReachCalibrator()}  # greedy, sampled
+        self._model_reason = self._unsupported_model(kwargs) if speculative else "speculation switched off"
+        self.cost = CostModel([1], [1.0])
+        if not self._model_reason:
+            self._max_nodes = min(self.draft_config.max_nodes, self.n_batch - 1,
+                                  self.context_params.n_ubatch - 1, llama_cpp.llama_max_parallel_sequences())
+            self._open_tree_context(max(self._max_nodes, 1))
+            if calibrate:
+                self.cost = self._cost_curve()
+            build_draft(self.matrix, [0, 0], self.draft_config)  # JIT compile (or load) the kernels now
+
+    # ------------------------------------------------------------------ set-up
+    def _unsupported_model(self, kwargs) -> str:
+        if self._is_recurrent or self._is_hybrid:
+            return "recurrent/hybrid model (its cache cannot drop rejected drafts)"
+        for key, why in (("embedding", "embedding mode"), ("draft_model", "draft_model given"),
+                         ("lora_path", "LoRA adapter"), ("logits_all", "logits_all (logprobs)")):
+            if kwargs.get(key):
+                return why
+        return ""
+
+    def _open_tree_context(self, n_seq: int) -> None:
+        """Replace Llama's context by one with a unified KV cache and n_seq sequences on the same
+        weights (Llama builds its own with one sequence and passes no such option through)."""
+        params = llama_cpp.llama_context_params.from_buffer_copy(self.context_params)
+        params.n_seq_max = n_seq
+        params.kv_unified = True
+        ctx = _internals.LlamaContext(model=self._model, params=params, verbose=self.verbose)
+        self._ctx.close()
+        self._ctx = self._stack.enter_context(contextlib.closing(ctx))
+        self.context_params = params
+        self.n_tokens = 0
+        self._tree_batch = TreeBatch(self._max_nodes + 1, n_seq)
+
+    def chat_tokens(self, messages) -> list:
+        """Prompt tokens of a chat, formatted by the model's own chat template (as
+        create_chat_completion does), ready for generate()."""
+        from llama_cpp import llama_chat_format
+        template = self.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ValueError("this model has no chat template")
+        vocab = self._model
+        formatter = llama_chat_format.Jinja2ChatFormatter(
+            template=template, eos_token=vocab.token_get_text(self.token_eos()),
+            bos_token=vocab.token_get_text(self.token_bos()) if self.token_bos() >= 0 else "")
+        text = formatter(messages=messages).prompt
+        return self.tokenize(text.encode(), add_bos=self._model.add_bos_token(), special=True)
+
+    def token_is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._model.vocab, token))
+
+    def vocab_fingerprint(self) -> str:
+        """Hash of every token's text: a matrix is only valid for a vocabulary with this hash."""
+        if getattr(self, "_fingerprint", None) is None:
+            h = hashlib.sha256(str(self.n_vocab()).encode())
+            vocab = self._model.vocab
+            for i in range(self.n_vocab()):
+                h.update(llama_cpp.llama_vocab_get_text(vocab, i) or b"")
+                h.update(b"\0")
+            self._fingerprint = h.hexdigest()[:32]
+        return self._fingerprint
+
+    def _attach_matrix(self, matrix) -> TrigramMatrix:
+        cfg = self.draft_config
+        if matrix is None:
+            return TrigramMatrix(self.n_vocab(), self.vocab_fingerprint(), top_k=cfg.top_k,
+                                 increment=cfg.adapt_increment, cap=cfg.adapt_cap)
+        if isinstance(matrix, (str, os.PathLike)):
+            return TrigramMatrix.load(matrix, self.n_vocab(), self.vocab_fingerprint())
+        if matrix.n_vocab != self.n_vocab() or (matrix.fingerprint and matrix.fingerprint != self.vocab_fingerprint()):
+            raise MatrixFileError("the tri-gram matrix was built for another model's vocabulary")
+        return matrix
+
+    def _cost_key(self) -> dict:
+        st = os.stat(self.model_path)
+        p = self.context_params
+        return dict(model=os.path.abspath(self.model_path), size=st.st_size, mtime=int(st.st_mtime),
+                    system=llama_cpp.llama_print_system_info().decode(errors="replace"),
+                    threads=p.n_threads, threads_batch=p.n_threads_batch, n_ctx=p.n_ctx, n_ubatch=p.n_ubatch,
+                    flash_attn=int(p.flash_attn_type), gpu_layers=self.model_params.n_gpu_layers,
+                    max_size=self._max_nodes + 1, version=1)
+
+    def _cost_curve(self) -> CostModel:
+        """The measured cost curve, from the on-disk cache when this exact setup was measured."""
+        key = self._cost_key()
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        path = models.cache_dir() / "costs" / f"{digest}.json"
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            data = json.loads(path.read_text())
+            return CostModel(data["sizes"], data["seconds"])
+        sizes, seconds = self.measure_costs()
+        with contextlib.suppress(OSError):  # an unwritable cache only costs a re-measurement
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(dict(key=key, sizes=sizes, seconds=seconds)))
+            os.replace(tmp, path)
+        return CostModel(sizes, seconds)
+
+    def measure_costs(self, sizes=None, repeats: int = COST_REPEATS):
+        """Seconds of one llama_decode of n tokens (all with logits), for each n, on this setup."""
+        top = self._max_nodes + 1
+        sizes = [n for n in (sizes or COST_SIZES) if n <= top] or [1]
+        prefix = min(COST_PREFIX, self._n_ctx - top - 1)
+        mem = llama_cpp.llama_get_memory(self._ctx.ctx)
+        vocab = self.n_vocab()
+        filler = [(7 + 31 * i) % vocab for i in range(prefix + top + 1)]
+        llama_cpp.llama_memory_clear(mem, True)
+        self.n_tokens = 0
+        self.eval(filler[:prefix])
+        out = []
+        for n in [sizes[0]] + sizes:  # the first size twice: warm-up
+            chain = DraftTree(np.array(filler[prefix + 1:prefix + n], np.int32), np.arange(-1, n - 2, dtype=np.int32),
+                              np.arange(1, n, dtype=np.int32), np.ones(n - 1, np.float32), np.ones(n - 1, np.int32))
+            times = []
+            for _ in range(repeats):
+                self._tree_batch.fill(filler[prefix], chain, prefix)
+                t = time.perf_counter()
+                self._decode(self._tree_batch.batch)
+                times.append(time.perf_counter() - t)
+                llama_cpp.llama_memory_seq_rm(mem, -1, prefix, -1)
+            out.append(float(np.median(times)))
+        llama_cpp.llama_memory_clear(mem, True)
+        self.n_tokens = 0
+        self._requires_eval = True
+        return sizes, out[1:]
+
+    def _decode(self, batch) -> None:
+        rc = llama_cpp.llama_decode(self._ctx.ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}" + (" (no room in the KV cache)" if rc == 1 else ""))
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, tokens, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+                 typical_p: float = 1.0, temp: float = 0.80, repeat_penalty: float = 1.0, reset: bool = True,
+                 frequency_penalty: float = 0.0, presence_penalty: float = 0.0, tfs_z: float = 1.0,
+                 mirostat_mode: int = 0, mirostat_tau: float = 5.0, mirostat_eta: float = 0.1,
+                 penalize_nl: bool = True, logits_processor=None, stopping_criteria=None, grammar=None):
+        """Same contract as llama_cpp.Llama.generate: yields the tokens plain decoding would,
+        one at a time. Statistics of the run end up in self.last_stats."""
+        reason = self._model_reason or next((why for bad, why in (
+            (grammar is not None, "grammar"),
+            (logits_processor is not None, "logits processor or logit_bias"),
+            (mirostat_mode != 0, "mirostat"),
+            (typical_p < 1.0, "typical_p"),
+            ((repeat_penalty, frequency_penalty, presence_penalty) != (1.0, 0.0, 0.0), "repetition penalties"),
+            (not reset, "reset=False"),
+        ) if bad), "")
+        stats = DecodeStats(prompt_tokens=len(tokens), plain_reason=reason)
+        self.last_stats = stats
+        if reason:
+            kwargs = dict(top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, temp=temp,
+                          repeat_penalty=repeat_penalty, reset=reset, frequency_penalty=frequency_penalty,
+                          presence_penalty=presence_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
+                          mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, penalize_nl=penalize_nl,
+                          logits_processor=logits_processor, stopping_criteria=stopping_criteria, grammar=grammar)
+            yield from self._plain(tokens, stats, kwargs)
+        else:
+            yield from self._speculate(list(tokens), Sampling(temp, top_k, top_p, min_p, self._seed), stats,
+                                       stopping_criteria)
+
+    def _plain(self, tokens, stats: DecodeStats, kwargs):
+        t = time.perf_counter()
+        for tok in super().generate(tokens, **kwargs):
+            dt = time.perf_counter() - t
+            if stats.generated == 0:
+                stats.prefill_s += dt
+            else:
+                stats.verify_s += dt
+                stats.record_step(0, 0)
+            stats.generated += 1
+            yield tok
+            t = time.perf_counter()
+
+    def _speculate(self, prompt: list, sampling: Sampling, stats: DecodeStats, stopping_criteria=None):
+        if not prompt:
+            raise ValueError("empty prompt")
+        if len(prompt) >= self._n_ctx:
+            raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window of {self._n_ctx}")
+        cfg, cost, matrix = self.draft_config, self.cost, self.matrix
+        calibrator = self._calibrators[sampling.greedy]
+        choose = make_chooser(sampling)
+        t = time.perf_counter()
+        # prefill exactly as plain decoding does (the whole prompt in one pass), so the KV cache and
+        # the first token are bit-identical to it; the first token needs no draft
+        stats.reused_tokens = self._prefill(prompt)
+        matrix.update(prompt, start=stats.reused_tokens)
+        first = choose(self._logits_row(-1))
+        stats.prefill_s = time.perf_counter() - t
+        if stopping_criteria is not None and stopping_criteria(np.asarray(prompt, dtype=np.intc), self._logits_row(-1)):
+            return
+        history = list(prompt) + [first]  # every token so far; history[-1] is the pending one
+        n_past = len(prompt)              # tokens in the KV cache (seq 0)
+        unlabelled = deque()              # (full MCTS tree, index in history of its first predicted token)
+        stats.generated += 1
+        yield first
+        while True:
+            room = self._n_ctx - n_past - 1
+            if room < 0:
+                return
+            t0 = time.perf_counter()
+            # draft: MCTS tree, calibrated reach probabilities, then the size that pays
+            full = build_draft(matrix, history[-2:], cfg, max_nodes=min(room, self._max_nodes), max_depth=room)
+            tree, q = order_by(full, calibrator.predict(full))
+            k = len(tree) if cfg.budget == "fixed" else best_size(q, cost, cfg.min_accept_prob)
+            tree = tree.head(k)
+            t1 = time.perf_counter()
+            # verify: the pending token and the whole tree in one llama_decode
+            n_leaves = self._verify(tree, history[-1], n_past)
+            t2 = time.perf_counter()
+            # accept: the model's own choices along the tree, then keep only that path in the KV cache
+            accepted, emitted = walk_tree(tree, self._logits_row, choose)
+            self._commit(tree, accepted, n_leaves, n_past)
+            self.input_ids[n_past] = history[-1]
+            self.input_ids[n_past + 1:n_past + 1 + len(accepted)] = tree.tokens[accepted]
+            n_past += 1 + len(accepted)
+            self.n_tokens = n_past
+            # update: adapt the matrix, label old trees for the calibration, learn the cost
+            start = len(history)
+            history.extend(emitted)
+            matrix.update(history[start - 2:], start=2)
+            unlabelled.append((full, start))
+            while unlabelled and (len(history) - unlabelled[0][1] >= cfg.max_depth):
+                old, s = unlabelled.popleft()
+                calibrator.observe(old, history[s:s + cfg.max_depth])
+            t3 = time.perf_counter()
+            cost.observe(k + 1, t2 - t1, (t1 - t0) + (t3 - t2))
+            stats.record_step(k, len(accepted))
+            stats.draft_s += t1 - t0
+            stats.verify_s += t2 - t1
+            stats.accept_s += t3 - t2
+            for j, tok in enumerate(emitted):
+                # plain generate asks the criteria before yielding a token, showing the tokens before it
+                if stopping_criteria is not None and stopping_criteria(
+                        np.asarray(history[:start + j], dtype=np.intc),
+                        self._logits_row(0 if j == 0 else accepted[j - 1] + 1)):
+                    return
+                stats.generated += 1
+                yield tok
+
+    def _prefill(self, prompt: list) -> int:
+        """Evaluate the prompt so the KV cache holds exactly it and the last logits row is its
+        last token's, reusing the longest common prefix with what the cache holds now (at least
+        one token is evaluated). Returns the number of reused tokens."""
+        n = min(len(prompt) - 1, self.n_tokens)
+        same = self.input_ids[:n] == np.asarray(prompt[:n], dtype=self.input_ids.dtype)
+        reuse = int(n if same.all() else np.argmin(same))
+        mem = llama_cpp.llama_get_memory(self._ctx.ctx)
+        if not llama_cpp.llama_memory_seq_rm(mem, -1, reuse, -1):
+            llama_cpp.llama_memory_clear(mem, True)
+            reuse = 0
+        self.n_tokens = reuse
+        self.eval(prompt[reuse:])
+        self._requires_eval = True  # after the first step the context's logits are not the last token's
+        return reuse
+
+    def _verify(self, tree: DraftTree, pending: int, n_past: int) -> int:
+        """One llama_decode of the pending token and the tree; returns the sequence ids used."""
+        n_leaves = self._tree_batch.fill(pending, tree, n_past)
+        mem = llama_cpp.llama_get_memory(self._ctx.ctx)
+        for s in range(1, n_leaves):  # every branch must hold the shared prefix first
+            llama_cpp.llama_memory_seq_cp(mem, 0, s, -1, -1)
+        try:
+            self._decode(self._tree_batch.batch)
+        except RuntimeError:
+            for s in range(1, n_leaves):
+                llama_cpp.llama_memory_seq_rm(mem, s, -1, -1)
+            raise
+        return n_leaves
+
+    def _logits_row(self, row: int) -> np.ndarray:
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx.ctx, row)
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+
+    def _commit(self, tree: DraftTree, accepted: list, n_leaves: int, n_past: int) -> None:
+        """Leave exactly the pending token and the accepted nodes after the prefix, as sequence 0."""
+        mem = llama_cpp.llama_get_memory(self._ctx.ctx)
+        s = int(self._tree_batch.seq[accepted[-1] + 1, 0]) if accepted else 0
+        if n_leaves > 1:
+            llama_cpp.llama_memory_seq_keep(mem, s)
+        llama_cpp.llama_memory_seq_rm(mem, s, n_past + 1 + len(accepted), -1)
+        if s != 0:
+            llama_cpp.llama_memory_seq_cp(mem, s, 0, -1, -1)
+            llama_cpp.llama_memory_seq_rm(mem, s, -1, -1)
+
+    def kv_positions(self) -> int:
+        """Number of positions sequence 0 holds in the KV cache (for integrity checks)."""
+        mem = llama_cpp.llama_get_memory(self._ctx.ctx)
+        return int(llama_cpp.llama_memory_seq_pos_max(mem, 0)) + 1
+
+    def kv_sequences_empty(self, upto: int) -> bool:
+        """True when no sequence id in 1..upto-1 holds any position (no leaked branch)."""
+        mem = llama_cpp.llama_get_memory(self._ctx.ctx)
+        return all(llama_cpp.llama_memory_seq_pos_max(mem, s) < 0 for s in range(1, upto))
+
+
+def system_info() -> str:
+    """llama.cpp's description of the backend and CPU features it was built with."""
+    return llama_cpp.llama_print_system_info().decode(errors="replace")
+
+
+def prompt_lookup_llama(model_path, num_pred_tokens: int = 2, **kwargs) -> llama_cpp.Llama:
+    """llama-cpp-python's own prompt-lookup speculative decoding, as a peer to benchmark against
+    (it needs logits for every token: logits_all=True)."""
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+    return llama_cpp.Llama(str(model_path), draft_model=LlamaPromptLookupDecoding(num_pred_tokens=num_pred_tokens),
+                           logits_all=True, **kwargs)

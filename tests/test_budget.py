@@ -1,0 +1,91 @@
+"""The draft budget: decisions on synthetic cost curves, calibration, prefix-closed ordering."""
+import numpy as np
+import pytest
+
+from aded_edge.budget import CostModel, ReachCalibrator, best_size, order_by
+from aded_edge.config import DraftConfig
+from aded_edge.draft import DraftTree, build_draft
+from aded_edge.trigram import TrigramMatrix
+
+SIZES = [1, 2, 4, 8, 16, 32, 65]
+FLAT = CostModel(SIZES, [0.010, 0.0101, 0.0102, 0.0104, 0.0108, 0.0115, 0.013])    # GPU / Apple Silicon
+LINEAR = CostModel(SIZES, [0.010 * n for n in SIZES])                                # worst CPU
+STEPPED = CostModel(SIZES, [0.010, 0.016, 0.027, 0.062, 0.077, 0.14, 0.24])        # measured 2-core CPU shape
+
+
+def q_chain(*qs):
+    return np.array(qs, dtype=float)
+
+
+def test_flat_curve_takes_large_trees():
+    q = np.sort(np.random.default_rng(0).uniform(0.02, 0.9, 64))[::-1]
+    assert best_size(q, FLAT) >= 48
+
+
+def test_linear_curve_takes_small_or_no_trees():
+    assert best_size(q_chain(0.6, 0.4, 0.3, 0.2), LINEAR) == 0          # nothing beats one token per step
+    # exactly linear: a drafted token costs a whole plain step, so not even near-certain drafts pay
+    assert best_size(q_chain(0.99, 0.98, 0.97, 0.96), LINEAR) == 0
+    assert best_size(q_chain(0.9, 0.1, 0.05), LINEAR) == 0
+
+
+def test_stepped_curve_between():
+    q = q_chain(0.95, 0.9, 0.85, 0.8, 0.3, 0.2, 0.1, 0.05)
+    k = best_size(q, STEPPED)
+    assert 1 <= k <= 4
+    assert best_size(q_chain(0.3, 0.2), STEPPED) == 0
+    assert best_size(q_chain(0.99, 0.98, 0.97, 0.96), STEPPED) == 3   # up to where batch 5 costs a step more
+
+
+def test_overhead_favours_bigger_steps():
+    cm = CostModel(SIZES, [0.010 * n for n in SIZES])
+    q = q_chain(0.6, 0.5)
+    assert best_size(q, cm) == 0
+    cm.overhead = 0.05  # a fixed cost per step makes fewer, larger steps pay
+    assert best_size(q, cm) == 2
+
+
+def test_cost_model_interpolates_extrapolates_and_rescales():
+    cm = CostModel([1, 2, 4], [1.0, 2.0, 3.0])
+    assert cm(3) == pytest.approx(2.5)
+    assert cm(6) == pytest.approx(4.0)
+    for _ in range(200):
+        cm.observe(2, 4.0, 0.0)   # everything got twice as slow (longer KV)
+    assert cm(1) == pytest.approx(2.0, rel=0.01)
+    with pytest.raises(ValueError):
+        CostModel([2, 3], [1.0, 2.0])
+
+
+def test_calibrator_learns_from_true_continuations():
+    m = TrigramMatrix(20)
+    m.update([1, 2, 3, 4, 5, 6] * 3)
+    tree = build_draft(m, [1, 2], DraftConfig())
+    cal = ReachCalibrator()
+    before = cal.predict(tree)[0]
+    for _ in range(200):
+        cal.observe(tree, [3, 4, 5, 6])     # the model always continues the chain
+    after = cal.predict(tree)
+    assert after[0] > before and after[0] > 0.9
+    cal2 = ReachCalibrator()
+    for _ in range(200):
+        cal2.observe(tree, [9, 9, 9, 9])    # ... or never
+    assert cal2.predict(tree)[0] < 0.05
+    # nodes beyond the known continuation are not labelled
+    cal3 = ReachCalibrator()
+    cal3.observe(tree, [])
+    assert np.allclose(cal3.predict(tree), ReachCalibrator().predict(tree))
+
+
+def test_order_by_keeps_every_prefix_a_tree():
+    rng = np.random.default_rng(1)
+    m = TrigramMatrix(50)
+    m.update(rng.integers(0, 8, 400).tolist())
+    tree = build_draft(m, [1, 2], DraftConfig())
+    q = ReachCalibrator().predict(tree)
+    t, qs = order_by(tree, q)
+    assert np.all(np.diff(qs) <= 1e-12)
+    for i in range(len(t)):
+        assert t.parents[i] < i
+        if t.parents[i] >= 0:
+            assert t.depth[i] == t.depth[t.parents[i]] + 1
+    assert sorted(zip(t.tokens.tolist(), t.depth.tolist())) == sorted(zip(tree.tokens.tolist(), tree.depth.tolist()))

@@ -1,0 +1,110 @@
+"""MCTS draft trees: validity on random matrices, caps, and the batch layout kernel."""
+import numpy as np
+import pytest
+
+from aded_edge.config import DraftConfig
+from aded_edge.draft import DraftTree, build_draft, tree_layout
+from aded_edge.trigram import TrigramMatrix
+
+
+def random_matrix(seed, v=60, n=3000, top_k=12):
+    rng = np.random.default_rng(seed)
+    m = TrigramMatrix(v, top_k=top_k)
+    # a skewed stream: repeated phrases plus noise, so rows have a few strong successors
+    phrases = [rng.integers(0, v, rng.integers(2, 8)).tolist() for _ in range(20)]
+    stream = []
+    while len(stream) < n:
+        stream += phrases[rng.integers(0, len(phrases))] if rng.random() < 0.8 else [int(rng.integers(0, v))]
+    m.update(stream)
+    return m, stream
+
+
+def assert_valid_tree(tree: DraftTree, matrix, context, cfg, max_nodes):
+    n = len(tree)
+    assert n <= max_nodes
+    assert tree.tokens.dtype == np.int32 and tree.parents.dtype == np.int32
+    seen = set()
+    for i in range(n):
+        p = int(tree.parents[i])
+        assert -1 <= p < i, "parents must precede children"
+        assert tree.depth[i] == (1 if p < 0 else tree.depth[p] + 1)
+        assert 1 <= tree.depth[i] <= cfg.max_depth
+        key = (p, int(tree.tokens[i]))
+        assert key not in seen, "duplicate sibling"
+        seen.add(key)
+        a, b = (context[-2], context[-1]) if p < 0 else (
+            (context[-1] if tree.parents[p] < 0 else int(tree.tokens[tree.parents[p]])), int(tree.tokens[p]))
+        succ, probs = matrix.successors(a, b, cfg.top_k)
+        assert tree.tokens[i] in succ.tolist(), "every child is a matrix successor of its parent pair"
+        parent_prob = 1.0 if p < 0 else tree.prob[p]
+        j = succ.tolist().index(tree.tokens[i])
+        assert tree.prob[i] == pytest.approx(parent_prob * probs[j], rel=1e-5)
+        if p >= 0:
+            assert tree.visits[i] <= tree.visits[p]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_mcts_trees_are_valid(seed):
+    m, stream = random_matrix(seed)
+    rng = np.random.default_rng(seed + 100)
+    for cfg in (DraftConfig(), DraftConfig(max_nodes=8, max_depth=3, n_simulations=40),
+                DraftConfig(max_nodes=200, max_depth=8, n_simulations=400, top_k=4)):
+        for _ in range(10):
+            i = int(rng.integers(2, len(stream)))
+            ctx = stream[i - 2:i]
+            tree = build_draft(m, ctx, cfg)
+            assert_valid_tree(tree, m, ctx, cfg, cfg.max_nodes)
+            assert len(tree) > 0  # every context token of the stream has a bigram row
+            for k in (0, 1, len(tree) // 2):
+                head = tree.head(k)
+                assert_valid_tree(head, m, ctx, cfg, k)
+
+
+def test_tighter_caps_and_unknown_context():
+    m, stream = random_matrix(1)
+    tree = build_draft(m, stream[-2:], DraftConfig(), max_nodes=5, max_depth=2)
+    assert len(tree) <= 5 and (tree.depth <= 2).all()
+    assert len(build_draft(m, stream[-2:], DraftConfig(), max_nodes=0)) == 0
+    fresh = TrigramMatrix(60)
+    assert len(build_draft(fresh, [1, 2], DraftConfig())) == 0
+    assert len(build_draft(m, [stream[0]], DraftConfig())) >= 0  # one token of context works
+    with pytest.raises(ValueError):
+        build_draft(m, [], DraftConfig())
+    with pytest.raises(ValueError):
+        build_draft(m, [1, 60], DraftConfig())
+
+
+def test_most_likely_chain_is_drafted_first():
+    m = TrigramMatrix(20)
+    m.update([1, 2, 3, 4, 5, 6] * 5)
+    tree = build_draft(m, [1, 2], DraftConfig())
+    assert tree.tokens[:4].tolist() == [3, 4, 5, 6]
+    assert tree.parents[:4].tolist() == [-1, 0, 1, 2]
+
+
+def naive_layout(parents):
+    n = len(parents)
+    leaves = [j for j in range(n) if j not in set(parents)]
+    rows = [[] for _ in range(n + 1)]
+    for sid, leaf in enumerate(leaves):
+        node = leaf
+        while node >= 0:
+            rows[node + 1].append(sid)
+            node = parents[node]
+        rows[0].append(sid)
+    return rows if n else [[0]]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tree_layout_matches_naive(seed):
+    m, stream = random_matrix(seed)
+    tree = build_draft(m, stream[5:7], DraftConfig(max_nodes=30))
+    for k in (0, 1, 5, len(tree)):
+        t = tree.head(k)
+        seq = np.zeros((65, 64), np.int32)
+        n_seq = np.zeros(65, np.int32)
+        n_leaves = tree_layout(t, seq, n_seq)
+        want = naive_layout(t.parents.tolist())
+        assert n_leaves == len(want[0])
+        for r, ids in enumerate(want):
+            assert seq[r, :n_seq[r]].tolist() == ids

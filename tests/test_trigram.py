@@ -1,0 +1,189 @@
+"""Tri-gram matrix kernels against naive pure-Python references, and its file format."""
+import zipfile
+
+import numpy as np
+import pytest
+
+from aded_edge.trigram import MatrixFileError, TrigramMatrix, count_static
+
+
+class NaiveAdaptive:
+    """Dict-of-lists model of the adaptive table with the same slot and eviction rules."""
+
+    def __init__(self, v, k, inc, cap):
+        self.v, self.k, self.inc, self.cap, self.rows = v, k, inc, cap, {}
+
+    def bump(self, key, tok):
+        row = self.rows.setdefault(key, [])
+        for slot in row:
+            if slot[0] == tok:
+                slot[1] = min(slot[1] + self.inc, self.cap)
+                return
+        if len(row) < self.k:
+            row.append([tok, self.inc])
+            return
+        lightest = min(range(len(row)), key=lambda j: (row[j][1], j))
+        if row[lightest][1] <= self.inc:
+            row[lightest] = [tok, self.inc]
+
+    def update(self, t, start=0):
+        for i in range(max(start, 1), len(t)):
+            if i >= 2:
+                self.bump((t[i - 2], t[i - 1]), t[i])
+            self.bump((None, t[i - 1]), t[i])
+
+    def successors(self, a, b, top_k):
+        row = self.rows.get((a, b)) or self.rows.get((None, b)) or []
+        row = sorted(row, key=lambda s: -s[1])[:top_k]
+        total = sum(w for _, w in row)
+        return [t for t, _ in row], [w / total for _, w in row]
+
+
+def _rows_equal(m, naive, v):
+    for (a, b) in naive.rows:
+        if a is None:
+            continue
+        toks, probs = m.successors(a, b, m.top_k)
+        want_t, want_p = naive.successors(a, b, m.top_k)
+        got, want = sorted(zip(toks.tolist(), probs.tolist())), sorted(zip(want_t, want_p))
+        assert [t for t, _ in got] == [t for t, _ in want]
+        assert np.allclose([p for _, p in got], [p for _, p in want], atol=1e-5)
+
+
+@pytest.mark.parametrize("seed,v,k,n", [(0, 5, 2, 300), (1, 50, 3, 2000), (2, 1000, 12, 5000), (3, 3, 12, 40)])
+def test_adaptive_update_matches_naive(seed, v, k, n):
+    rng = np.random.default_rng(seed)
+    t = rng.integers(0, v, n).tolist()
+    m = TrigramMatrix(v, top_k=k, increment=0.5, cap=2.0)
+    naive = NaiveAdaptive(v, k, 0.5, 2.0)
+    m.update(t[: n // 2])
+    m.update(t, start=n // 2)  # incremental update sees the same tri-grams as one pass
+    naive.update(t)
+    _rows_equal(m, naive, v)
+    assert m.adaptive_rows == len(naive.rows)
+
+
+def test_adaptive_table_grows_past_its_initial_size():
+    rng = np.random.default_rng(7)
+    t = rng.integers(0, 40000, 30000).tolist()
+    m = TrigramMatrix(40000, top_k=4)
+    m.update(t)
+    naive = NaiveAdaptive(40000, 4, m.increment, m.cap)
+    naive.update(t)
+    assert m.adaptive_rows == len(naive.rows) > 4096
+    _rows_equal(m, naive, 40000)
+
+
+def test_update_rejects_out_of_range_tokens():
+    m = TrigramMatrix(10)
+    with pytest.raises(ValueError):
+        m.update([1, 2, 10])
+    with pytest.raises(ValueError):
+        m.update([[1, 2], [3, 4]])
+
+
+def test_successors_fall_back_to_bigram_and_merge_static():
+    m = TrigramMatrix(10, top_k=4)
+    m.update([1, 2, 3, 1, 2, 3, 5, 2, 4])
+    toks, probs = m.successors(7, 2)          # (7, 2) never seen: bigram of 2 -> {3: 2x, 4: 1x}
+    assert toks.tolist() == [3, 4] and np.allclose(probs, [2 / 3, 1 / 3])
+    toks, probs = m.successors(1, 2)          # tri-gram (1, 2) -> 3 only
+    assert toks.tolist() == [3] and np.allclose(probs, [1.0])
+    keys, ptr, succ, prob = count_static([[1, 2, 9, 1, 2, 9, 1, 2, 3]], 10, top_k=4)
+    m.set_static(keys, ptr, succ, prob)
+    toks, probs = m.successors(1, 2)          # adaptive 3: 1.0 (+1/3 static); static 9: 2/3
+    assert toks.tolist() == [3, 9]
+    assert np.allclose(probs, np.array([1 + 1 / 3, 2 / 3]) / 2)
+    assert probs.sum() == pytest.approx(1.0)
+
+
+def naive_static(streams, v, top_k, min_count):
+    from collections import Counter
+    tri, bi = Counter(), Counter()
+    for s in streams:
+        for i in range(2, len(s)):
+            tri[(s[i - 2], s[i - 1], s[i])] += 1
+        for i in range(1, len(s)):
+            bi[(s[i - 1], s[i])] += 1
+    rows = {}
+    for (a, b, c), n in tri.items():
+        rows.setdefault(a * v + b, []).append((c, n))
+    for (b, c), n in bi.items():
+        rows.setdefault(v * v + b, []).append((c, n))
+    out = {}
+    for key, succ in rows.items():
+        total = sum(n for _, n in succ)
+        kept = sorted(succ, key=lambda s: (-s[1], s[0]))
+        kept = [(c, n / total) for c, n in kept if n >= min_count][:top_k]
+        if kept:
+            out[key] = kept
+    return out
+
+
+@pytest.mark.parametrize("seed,v,top_k,min_count", [(0, 4, 2, 1), (1, 30, 3, 2), (2, 500, 12, 1), (3, 7, 1, 3)])
+def test_count_static_matches_naive(seed, v, top_k, min_count):
+    rng = np.random.default_rng(seed)
+    streams = [rng.integers(0, v, rng.integers(0, 400)).tolist() for _ in range(5)] + [[], [1], [1, 2]]
+    keys, ptr, succ, prob = count_static(streams, v, top_k=top_k, min_count=min_count)
+    want = naive_static(streams, v, top_k, min_count)
+    assert keys.tolist() == sorted(want)
+    for r, key in enumerate(keys):
+        got = list(zip(succ[ptr[r]:ptr[r + 1]].tolist(), prob[ptr[r]:ptr[r + 1]].tolist()))
+        assert [c for c, _ in got] == [c for c, _ in want[key]] or sorted(p for _, p in got) == sorted(p for _, p in want[key])
+        assert np.allclose(sorted(p for _, p in got), sorted(p for _, p in want[key]), atol=1e-6)
+
+
+def test_count_static_does_not_span_streams():
+    keys, ptr, succ, prob = count_static([[1, 2], [3, 4]], 5)
+    assert (1 * 5 + 2) not in keys.tolist()          # no tri-gram (1, 2) -> 3 across streams
+    assert 5 * 5 + 2 not in keys.tolist()             # no bigram 2 -> 3 either
+
+
+def test_save_load_roundtrip(tmp_path):
+    rng = np.random.default_rng(3)
+    m = TrigramMatrix(300, fingerprint="abc", top_k=5)
+    m.update(rng.integers(0, 300, 3000).tolist())
+    m.set_static(*count_static([rng.integers(0, 300, 2000).tolist()], 300, top_k=5))
+    path = tmp_path / "m.npz"
+    m.save(path)
+    back = TrigramMatrix.load(path, n_vocab=300, fingerprint="abc")
+    for a in range(0, 300, 7):
+        for b in range(0, 300, 11):
+            t1, p1 = m.successors(a, b)
+            t2, p2 = back.successors(a, b)
+            assert t1.tolist() == t2.tolist() and np.allclose(p1, p2)
+    back.update([1, 2, 3])  # the loaded table is still writable
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_load_refuses_foreign_corrupt_and_truncated_files(tmp_path):
+    m = TrigramMatrix(300, fingerprint="abc")
+    m.update(list(range(100)))
+    path = tmp_path / "m.npz"
+    m.save(path)
+    with pytest.raises(MatrixFileError, match="another model"):
+        TrigramMatrix.load(path, n_vocab=301)
+    with pytest.raises(MatrixFileError, match="another model"):
+        TrigramMatrix.load(path, n_vocab=300, fingerprint="xyz")
+    data = path.read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(MatrixFileError, match="corrupt or truncated"):
+        TrigramMatrix.load(tmp_path / "cut.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a matrix at all")
+    with pytest.raises(MatrixFileError, match="corrupt or truncated"):
+        TrigramMatrix.load(tmp_path / "junk.npz")
+    with pytest.raises(MatrixFileError, match="not found"):
+        TrigramMatrix.load(tmp_path / "missing.npz")
+    # a well-formed archive with inconsistent content
+    with zipfile.ZipFile(path) as z, zipfile.ZipFile(tmp_path / "bad.npz", "w") as out:
+        for name in z.namelist():
+            blob = z.read(name)
+            if name == "a_rows.npy":
+                arr = np.load(z.open(name)) + 10_000
+                import io
+                buf = io.BytesIO()
+                np.save(buf, arr)
+                blob = buf.getvalue()
+            out.writestr(name, blob)
+    with pytest.raises(MatrixFileError, match="inconsistent"):
+        TrigramMatrix.load(tmp_path / "bad.npz")
