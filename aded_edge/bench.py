@@ -143,6 +143,12 @@ def machine_info(system_info: str = "") -> dict:
 
 # ----------------------------------------------------------------------------- running
 
+def interleaved(systems, prompt_index: int) -> list:
+    """Order of the systems on one prompt: reversed every other prompt, so slow drift of the
+    machine (heat, other load) falls on every system alike."""
+    return list(systems) if prompt_index % 2 == 0 else list(systems)[::-1]
+
+
 @dataclass
 class Timed:
     tokens: list          # generated token ids
@@ -255,12 +261,13 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
     for i, p in enumerate(prompts):
         tokens = base.chat_tokens(p["messages"])
         results = {}
-        for s in (order if i % 2 == 0 else order[::-1]):  # alternate the order to cancel drift
+        for s in interleaved(order, i):
             results[s] = timed_generate(decoders[s], tokens, max_tokens, eog)
             if progress:
                 progress(1)
         ref = results["plain"]
-        recorded.append(dict(workload=p["workload"], id=p["id"], prompt=tokens, output=ref.tokens))
+        recorded.append(dict(workload=p["workload"], id=p["id"], n_vocab=base.n_vocab(), prompt=tokens,
+                             output=ref.tokens))
         for s, r in results.items():
             st = r.stats
             rows.append(dict(workload=p["workload"], id=p["id"], system=s, prompt_tokens=len(tokens),

@@ -198,6 +198,22 @@ def bench(model, workloads, per_workload, max_tokens, systems, seed, threads, n_
     click.echo(result["report"])
 
 
+@cli.command()
+@click.argument("recorded", type=click.Path(exists=True, dir_okay=False))
+@click.option("--sizes", default="1,2,4,8,16,32,64", show_default=True, help="Tree node budgets to replay.")
+def simulate(recorded, sizes):
+    """Replay RECORDED plain output (bench's recorded.jsonl) through the drafter, no model:
+    tokens per step and drafting time per token for each tree size."""
+    from .simulate import simulate as run_simulation
+    try:
+        ns = [int(x) for x in sizes.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--sizes must be comma-separated integers, got {sizes!r}") from None
+    if not ns or min(ns) < 0 or max(ns) > 255:
+        raise UserError("--sizes must be in 0..255")
+    click.echo(run_simulation(recorded, sizes=ns))
+
+
 def main(argv=None) -> int:
     try:
         cli.main(args=argv, prog_name="aded-edge", standalone_mode=False)

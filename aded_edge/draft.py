@@ -205,3 +205,26 @@ def tree_layout(tree: DraftTree, seq: np.ndarray, n_seq: np.ndarray) -> int:
     if n_leaves > seq.shape[1]:
         raise ValueError("tree has more leaves than sequence ids")
     return _tree_layout(np.ascontiguousarray(tree.parents, np.int32), seq, n_seq)
+
+
+def chain_first(tree: DraftTree) -> DraftTree:
+    """The same tree with its first chain (from the root, always the first-listed child) moved to
+    the front. The chain's KV cells then follow the pending token in order; an accepted path that
+    stays on it is kept as is, which makes the cache identical to one-token-at-a-time decoding."""
+    n = len(tree)
+    if n == 0:
+        return tree
+    chain, node = [], -1
+    while True:
+        child = next((j for j in range(n) if tree.parents[j] == node), None)
+        if child is None:
+            break
+        chain.append(child)
+        node = child
+    on_chain = set(chain)
+    rest = [j for j in range(n) if j not in on_chain]
+    order = np.array(chain + rest, dtype=np.int64)
+    inverse = np.empty(n, np.int64)
+    inverse[order] = np.arange(n)
+    parents = np.where(tree.parents[order] >= 0, inverse[np.maximum(tree.parents[order], 0)], -1).astype(np.int32)
+    return DraftTree(tree.tokens[order], parents, tree.depth[order], tree.prob[order], tree.visits[order])

@@ -26,7 +26,7 @@ from . import models
 from .accept import Sampling, make_chooser, walk_tree
 from .budget import CostModel, ReachCalibrator, best_size, order_by
 from .config import DraftConfig
-from .draft import DraftTree, build_draft, tree_layout
+from .draft import DraftTree, build_draft, chain_first, tree_layout
 from .gguf import read_gguf
 from .stats import DecodeStats
 from .trigram import MatrixFileError, TrigramMatrix
@@ -54,14 +54,21 @@ class TreeBatch:
             seq_id=ctypes.cast(self._rows, ctypes.POINTER(i32p)),
             logits=self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)))
 
-    def fill(self, pending: int, tree: DraftTree, n_past: int) -> int:
-        """Pending token at n_past, node j at n_past + depth[j]; returns the number of sequence ids."""
-        n = len(tree)
-        self.token[0], self.pos[0] = pending, n_past
-        self.token[1:n + 1] = tree.tokens
-        self.pos[1:n + 1] = n_past + tree.depth
-        self.batch.n_tokens = n + 1
-        return tree_layout(tree, self.seq, self.n_seq)
+    def fill(self, pending: list, tree: DraftTree, n_past: int) -> int:
+        """Pending tokens from n_past on (only the last needs logits), node j at the last pending
+        position + depth[j]; returns the number of sequence ids."""
+        r, n = len(pending), len(tree)
+        self.token[:r] = pending
+        self.pos[:r] = np.arange(n_past, n_past + r)
+        self.token[r:r + n] = tree.tokens
+        self.pos[r:r + n] = n_past + r - 1 + tree.depth
+        self.logits[:r - 1] = 0
+        self.logits[r - 1:r + n] = 1
+        self.batch.n_tokens = r + n
+        n_leaves = tree_layout(tree, self.seq[r - 1:], self.n_seq[r - 1:])
+        self.seq[:r - 1] = self.seq[r - 1]  # pending tokens belong to every branch
+        self.n_seq[:r - 1] = self.n_seq[r - 1]
+        return n_leaves
 
 
 class AdedLlama(llama_cpp.Llama):
@@ -192,7 +199,7 @@ class AdedLlama(llama_cpp.Llama):
                               np.arange(1, n, dtype=np.int32), np.ones(n - 1, np.float32), np.ones(n - 1, np.int32))
             times = []
             for _ in range(repeats):
-                self._tree_batch.fill(filler[prefix], chain, prefix)
+                self._tree_batch.fill([filler[prefix]], chain, prefix)
                 t = time.perf_counter()
                 self._decode(self._tree_batch.batch)
                 times.append(time.perf_counter() - t)
@@ -267,31 +274,36 @@ class AdedLlama(llama_cpp.Llama):
         stats.prefill_s = time.perf_counter() - t
         if stopping_criteria is not None and stopping_criteria(np.asarray(prompt, dtype=np.intc), self._logits_row(-1)):
             return
-        history = list(prompt) + [first]  # every token so far; history[-1] is the pending one
-        n_past = len(prompt)              # tokens in the KV cache (seq 0)
+        history = list(prompt) + [first]  # every token emitted so far
+        n_past = len(prompt)              # tokens in the KV cache (seq 0) = history[:n_past]
         unlabelled = deque()              # (full MCTS tree, index in history of its first predicted token)
         stats.generated += 1
         yield first
         while True:
-            room = self._n_ctx - n_past - 1
+            pending = history[n_past:]    # emitted, not yet in the KV cache: usually one token
+            room = self._n_ctx - n_past - len(pending)
             if room < 0:
                 return
             t0 = time.perf_counter()
             # draft: MCTS tree, calibrated reach probabilities, then the size that pays
-            full = build_draft(matrix, history[-2:], cfg, max_nodes=min(room, self._max_nodes), max_depth=room)
+            full = build_draft(matrix, history[-2:], cfg, max_nodes=min(room, self._max_nodes - len(pending) + 1),
+                               max_depth=room)
             tree, q = order_by(full, calibrator.predict(full))
             k = len(tree) if cfg.budget == "fixed" else best_size(q, cost, cfg.min_accept_prob)
-            tree = tree.head(k)
+            tree = chain_first(tree.head(k))
             t1 = time.perf_counter()
-            # verify: the pending token and the whole tree in one llama_decode
-            n_leaves = self._verify(tree, history[-1], n_past)
+            # verify: the pending tokens and the whole tree in one llama_decode
+            n_leaves = self._verify(tree, pending, n_past)
             t2 = time.perf_counter()
-            # accept: the model's own choices along the tree, then keep only that path in the KV cache
-            accepted, emitted = walk_tree(tree, self._logits_row, choose)
-            self._commit(tree, accepted, n_leaves, n_past)
-            self.input_ids[n_past] = history[-1]
-            self.input_ids[n_past + 1:n_past + 1 + len(accepted)] = tree.tokens[accepted]
-            n_past += 1 + len(accepted)
+            # accept: the model's own choices along the tree; the KV cache keeps the pending tokens
+            # and the accepted nodes that lie in order right after them (the tree's first chain)
+            base = len(pending) - 1
+            accepted, emitted = walk_tree(tree, lambda r: self._logits_row(base + r), choose)
+            kept = next((j for j, node in enumerate(accepted) if node != j), len(accepted))
+            self._commit(len(pending), accepted[:kept], n_leaves, n_past)
+            self.input_ids[n_past:n_past + len(pending)] = pending
+            self.input_ids[n_past + len(pending):n_past + len(pending) + kept] = tree.tokens[:kept]
+            n_past += len(pending) + kept
             self.n_tokens = n_past
             # update: adapt the matrix, label old trees for the calibration, learn the cost
             start = len(history)
@@ -302,7 +314,7 @@ class AdedLlama(llama_cpp.Llama):
                 old, s = unlabelled.popleft()
                 calibrator.observe(old, history[s:s + cfg.max_depth])
             t3 = time.perf_counter()
-            cost.observe(k + 1, t2 - t1, (t1 - t0) + (t3 - t2))
+            cost.observe(len(pending) + k, t2 - t1, (t1 - t0) + (t3 - t2))
             stats.record_step(k, len(accepted))
             stats.draft_s += t1 - t0
             stats.verify_s += t2 - t1
@@ -311,7 +323,7 @@ class AdedLlama(llama_cpp.Llama):
                 # plain generate asks the criteria before yielding a token, showing the tokens before it
                 if stopping_criteria is not None and stopping_criteria(
                         np.asarray(history[:start + j], dtype=np.intc),
-                        self._logits_row(0 if j == 0 else accepted[j - 1] + 1)):
+                        self._logits_row(base + (0 if j == 0 else accepted[j - 1] + 1))):
                     return
                 stats.generated += 1
                 yield tok
@@ -332,8 +344,8 @@ class AdedLlama(llama_cpp.Llama):
         self._requires_eval = True  # after the first step the context's logits are not the last token's
         return reuse
 
-    def _verify(self, tree: DraftTree, pending: int, n_past: int) -> int:
-        """One llama_decode of the pending token and the tree; returns the sequence ids used."""
+    def _verify(self, tree: DraftTree, pending: list, n_past: int) -> int:
+        """One llama_decode of the pending tokens and the tree; returns the sequence ids used."""
         n_leaves = self._tree_batch.fill(pending, tree, n_past)
         mem = llama_cpp.llama_get_memory(self._ctx.ctx)
         for s in range(1, n_leaves):  # every branch must hold the shared prefix first
@@ -350,13 +362,13 @@ class AdedLlama(llama_cpp.Llama):
         ptr = llama_cpp.llama_get_logits_ith(self._ctx.ctx, row)
         return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
 
-    def _commit(self, tree: DraftTree, accepted: list, n_leaves: int, n_past: int) -> None:
-        """Leave exactly the pending token and the accepted nodes after the prefix, as sequence 0."""
+    def _commit(self, n_pending: int, kept: list, n_leaves: int, n_past: int) -> None:
+        """Leave exactly the pending tokens and the kept chain nodes after the prefix, as sequence 0."""
         mem = llama_cpp.llama_get_memory(self._ctx.ctx)
-        s = int(self._tree_batch.seq[accepted[-1] + 1, 0]) if accepted else 0
+        s = int(self._tree_batch.seq[n_pending + kept[-1], 0]) if kept else 0
         if n_leaves > 1:
             llama_cpp.llama_memory_seq_keep(mem, s)
-        llama_cpp.llama_memory_seq_rm(mem, s, n_past + 1 + len(accepted), -1)
+        llama_cpp.llama_memory_seq_rm(mem, s, n_past + n_pending + len(kept), -1)
         if s != 0:
             llama_cpp.llama_memory_seq_cp(mem, s, 0, -1, -1)
             llama_cpp.llama_memory_seq_rm(mem, s, -1, -1)

@@ -14,7 +14,7 @@ import pytest
 
 N_TOKENS = 128
 NEAR_TIE = 1.0          # logits; the measured spread between batch sizes
-MAX_TIE_FLIPS = 6       # of the prompts below
+MAX_TIE_FLIPS = 2       # of the 22 prompts below (measured: 0 with the CPU build of native/build.sh)
 
 CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 PROMPTS = [
