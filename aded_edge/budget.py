@@ -32,7 +32,8 @@ class CostModel:
             raise ValueError("cost curve needs matching sizes and seconds, starting at size 1")
         if np.any(np.diff(sizes) <= 0) or np.any(seconds <= 0):
             raise ValueError("cost curve sizes must increase and seconds be positive")
-        self.sizes, self.seconds = sizes, seconds
+        self.sizes = sizes
+        self.seconds = np.maximum.accumulate(seconds)  # a batch never costs less than a smaller one
         self.scale = 1.0          # online correction (KV growth, thermal state, other load)
         self.overhead = 0.0       # seconds per step outside llama_decode (draft, accept, bookkeeping)
 
@@ -48,9 +49,17 @@ class CostModel:
         return self.base(n) * self.scale
 
     def observe(self, n: int, seconds: float, overhead: float) -> None:
+        """Learn from one real step: a size on the curve moves its own point (a calibration made
+        under other load is corrected where it matters); other sizes move the global scale."""
+        self.overhead += OVERHEAD_EMA * (max(overhead, 0.0) - self.overhead)
+        hit = np.flatnonzero(self.sizes == n)
+        if hit.size:
+            i = int(hit[0])
+            self.seconds[i] += COST_EMA * (seconds / self.scale - self.seconds[i])
+            self.seconds = np.maximum.accumulate(self.seconds)
+            return
         ratio = seconds / float(self.base(n))
         self.scale += COST_EMA * (min(max(ratio, 0.2), 5.0) - self.scale)
-        self.overhead += OVERHEAD_EMA * (max(overhead, 0.0) - self.overhead)
 
 
 class ReachCalibrator:

@@ -40,26 +40,28 @@ def _slot(key, mask):
 
 
 @njit(cache=True)
-def _find_row(keys, rowof, key):
-    """Row of `key` in the adaptive hash, or -1."""
+def _probe(keys, key):
+    """Slot holding `key`, or the empty slot where it would be inserted (linear probing)."""
     mask = keys.shape[0] - 1
     i = _slot(key, mask)
-    while keys[i] != EMPTY:
-        if keys[i] == key:
-            return rowof[i]
+    while keys[i] != EMPTY and keys[i] != key:
         i = (i + 1) & mask
-    return -1
+    return i
+
+
+@njit(cache=True)
+def _find_row(keys, rowof, key):
+    """Row of `key` in the adaptive hash, or -1."""
+    i = _probe(keys, key)
+    return rowof[i] if keys[i] == key else -1
 
 
 @njit(cache=True)
 def _find_or_insert_row(keys, rowof, succ, n_rows, key):
     """Row of `key`, inserting an empty row if new; -1 when the table must grow first."""
-    mask = keys.shape[0] - 1
-    i = _slot(key, mask)
-    while keys[i] != EMPTY:
-        if keys[i] == key:
-            return rowof[i]
-        i = (i + 1) & mask
+    i = _probe(keys, key)
+    if keys[i] == key:
+        return rowof[i]
     r = n_rows[0]
     if r >= succ.shape[0] or 2 * (r + 1) > keys.shape[0]:
         return -1
@@ -72,14 +74,11 @@ def _find_or_insert_row(keys, rowof, succ, n_rows, key):
 @njit(cache=True)
 def _rehash(src_keys, src_rowof, keys, rowof):
     """Insert every used (key, row) slot of the source table into an empty larger table."""
-    mask = keys.shape[0] - 1
     for s in range(src_keys.shape[0]):
         key = src_keys[s]
         if key == EMPTY:
             continue
-        i = _slot(key, mask)
-        while keys[i] != EMPTY:
-            i = (i + 1) & mask
+        i = _probe(keys, key)
         keys[i] = key
         rowof[i] = src_rowof[s]
 

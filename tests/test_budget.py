@@ -50,8 +50,21 @@ def test_cost_model_interpolates_extrapolates_and_rescales():
     assert cm(3) == pytest.approx(2.5)
     assert cm(6) == pytest.approx(4.0)
     for _ in range(200):
-        cm.observe(2, 4.0, 0.0)   # everything got twice as slow (longer KV)
+        cm.observe(3, 5.0, 0.0)   # a size between points: everything got twice as slow (longer KV)
     assert cm(1) == pytest.approx(2.0, rel=0.01)
+    for _ in range(200):
+        cm.observe(1, 1.0, 0.0)   # a size on the curve corrects its own point
+    assert cm(1) == pytest.approx(1.0, rel=0.01)
+
+
+def test_cost_curve_from_a_disturbed_calibration_is_repaired():
+    # measured while another process ran: size 2 looked cheaper than size 1
+    cm = CostModel([1, 2, 3], [0.05, 0.045, 0.25])
+    assert cm(2) >= cm(1)
+    for _ in range(300):
+        cm.observe(1, 0.010, 0.0)
+        cm.observe(2, 0.017, 0.0)
+    assert cm(1) == pytest.approx(0.010, rel=0.02) and cm(2) == pytest.approx(0.017, rel=0.02)
     with pytest.raises(ValueError):
         CostModel([2, 3], [1.0, 2.0])
 
