@@ -103,12 +103,7 @@ def order_by(tree: DraftTree, q: np.ndarray):
     """Tree and q reordered by q descending (shallower first on ties): every prefix is a tree
     because q never rises from parent to child."""
     order = np.lexsort((tree.depth, -q))
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(order.size)
-    parents = np.where(tree.parents[order] >= 0, inverse[np.maximum(tree.parents[order], 0)], -1)
-    t = DraftTree(tree.tokens[order], parents.astype(np.int32), tree.depth[order], tree.prob[order],
-                  tree.visits[order])
-    return t, q[order]
+    return tree.take(order), q[order]
 
 
 def best_size(q_sorted: np.ndarray, cost: CostModel, min_q: float = 0.0) -> int:

@@ -32,6 +32,16 @@ class DraftTree:
         """The first n nodes: still a tree, because parents come before their children."""
         return DraftTree(self.tokens[:n], self.parents[:n], self.depth[:n], self.prob[:n], self.visits[:n])
 
+    def take(self, order) -> "DraftTree":
+        """The nodes in a new order (a permutation that keeps parents before children), with the
+        parent indices renumbered."""
+        order = np.asarray(order, dtype=np.int64)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(order.size)
+        parents = np.where(self.parents[order] >= 0, inverse[np.maximum(self.parents[order], 0)], -1)
+        return DraftTree(self.tokens[order], parents.astype(np.int32), self.depth[order], self.prob[order],
+                         self.visits[order])
+
     @staticmethod
     def empty() -> "DraftTree":
         z = np.empty(0, np.int32)
@@ -223,8 +233,4 @@ def chain_first(tree: DraftTree) -> DraftTree:
         node = child
     on_chain = set(chain)
     rest = [j for j in range(n) if j not in on_chain]
-    order = np.array(chain + rest, dtype=np.int64)
-    inverse = np.empty(n, np.int64)
-    inverse[order] = np.arange(n)
-    parents = np.where(tree.parents[order] >= 0, inverse[np.maximum(tree.parents[order], 0)], -1).astype(np.int32)
-    return DraftTree(tree.tokens[order], parents, tree.depth[order], tree.prob[order], tree.visits[order])
+    return tree.take(chain + rest)

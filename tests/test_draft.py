@@ -108,3 +108,23 @@ def test_tree_layout_matches_naive(seed):
         assert n_leaves == len(want[0])
         for r, ids in enumerate(want):
             assert seq[r, :n_seq[r]].tolist() == ids
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_chain_first_puts_the_first_chain_in_front_and_stays_a_tree(seed):
+    from aded_edge.draft import chain_first
+    m, stream = random_matrix(seed)
+    cfg = DraftConfig(max_nodes=30)
+    ctx = stream[10:12]
+    tree = build_draft(m, ctx, cfg)
+    t = chain_first(tree)
+    assert_valid_tree(t, m, ctx, cfg, cfg.max_nodes)
+    # node j of the front chain is the first-listed child of node j - 1 (root for j = 0)
+    j = 0
+    while j < len(t) and t.parents[j] == j - 1:
+        want = next(i for i in range(len(tree)) if tree.parents[i] == (-1 if j == 0 else chain_src))
+        assert t.tokens[j] == tree.tokens[want]
+        chain_src = want
+        j += 1
+    assert j >= 1 and (j - 1) not in t.parents.tolist()  # the chain runs until a node without children
+    assert sorted(zip(t.tokens.tolist(), t.depth.tolist())) == sorted(zip(tree.tokens.tolist(), tree.depth.tolist()))
