@@ -33,3 +33,9 @@ bench: install
 
 clean:
 	rm -rf $(VENV) native/build
+
+# `make peers`: llama.cpp's own llama-lookup, llama-speculative(-simple) and llama-completion,
+# built from the same vendored llama.cpp and CPU flags into native/build/peers/bin (native/peers.sh).
+.PHONY: peers
+peers:
+	bash native/peers.sh native/build/peers $(BACKEND)

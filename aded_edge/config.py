@@ -20,6 +20,8 @@ class DraftConfig:
     # --- budget: how much of the tree is verified each step ---
     budget: str = "auto"        # "auto": choose size from measured cost and predicted acceptance; "fixed": always max_nodes
     min_accept_prob: float = 0.0  # nodes predicted below this acceptance are never drafted (auto budget)
+    min_gain: float = 0.05      # a tree is verified only if it promises this much more speed than a plain
+                                # step (auto budget): absorbs the optimism of picking the best-looking tree
 
     def __post_init__(self) -> None:
         checks = [
@@ -33,6 +35,7 @@ class DraftConfig:
             (self.adapt_cap >= self.adapt_increment, "adapt_cap must be >= adapt_increment"),
             (self.budget in ("auto", "fixed"), "budget must be 'auto' or 'fixed'"),
             (0.0 <= self.min_accept_prob < 1.0, "min_accept_prob must be in [0, 1)"),
+            (0.0 <= self.min_gain <= 1.0, "min_gain must be in [0, 1]"),
         ]
         for ok, message in checks:
             if not ok:

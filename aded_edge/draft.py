@@ -24,13 +24,19 @@ class DraftTree:
     depth: np.ndarray    # int32 [n] 1 for children of the pending token; parents precede children
     prob: np.ndarray     # float32 [n] matrix probability that the path to this node is taken
     visits: np.ndarray   # int32 [n] MCTS visit count
+    seen: np.ndarray = None  # bool [n] every edge on the path is a tri-gram seen in this context (None: unknown)
+
+    def __post_init__(self):
+        if self.seen is None:
+            object.__setattr__(self, "seen", np.zeros(self.tokens.shape[0], np.bool_))
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
     def head(self, n: int) -> "DraftTree":
         """The first n nodes: still a tree, because parents come before their children."""
-        return DraftTree(self.tokens[:n], self.parents[:n], self.depth[:n], self.prob[:n], self.visits[:n])
+        return DraftTree(self.tokens[:n], self.parents[:n], self.depth[:n], self.prob[:n], self.visits[:n],
+                         self.seen[:n])
 
     def take(self, order) -> "DraftTree":
         """The nodes in a new order (a permutation that keeps parents before children), with the
@@ -40,7 +46,7 @@ class DraftTree:
         inverse[order] = np.arange(order.size)
         parents = np.where(self.parents[order] >= 0, inverse[np.maximum(self.parents[order], 0)], -1)
         return DraftTree(self.tokens[order], parents.astype(np.int32), self.depth[order], self.prob[order],
-                         self.visits[order])
+                         self.visits[order], self.seen[order])
 
     @staticmethod
     def empty() -> "DraftTree":
@@ -57,6 +63,7 @@ def _mcts(ctx_a, pending, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, 
     dep = np.zeros(cap, np.int32)
     prior = np.zeros(cap, np.float32)
     reach = np.zeros(cap, np.float32)      # product of priors from the root
+    seen = np.zeros(cap, np.bool_)         # every edge from the root was seen in this context
     n_vis = np.zeros(cap, np.int32)
     w_sum = np.zeros(cap, np.float32)
     first = np.full(cap, -1, np.int32)     # first child index (children are contiguous)
@@ -64,10 +71,12 @@ def _mcts(ctx_a, pending, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, 
     expanded = np.zeros(cap, np.bool_)
     out_tok = np.empty(top_k, np.int32)
     out_p = np.empty(top_k, np.float32)
+    out_seen = np.zeros(top_k, np.uint8)
     path = np.empty(max_depth + 1, np.int32)
 
     tok[0] = pending
     reach[0] = 1.0
+    seen[0] = True
     n_nodes = 1
     for _ in range(n_sims):
         # selection: follow pUCT through expanded nodes
@@ -92,7 +101,7 @@ def _mcts(ctx_a, pending, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, 
             expanded[node] = True
             a = tok[par[node]] if node > 0 else ctx_a
             n = _successors(a, tok[node], n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob,
-                            top_k, out_tok, out_p)
+                            top_k, out_tok, out_p, out_seen)
             first[node] = n_nodes
             n_ch[node] = n
             for j in range(n):
@@ -102,6 +111,7 @@ def _mcts(ctx_a, pending, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, 
                 dep[c] = dep[node] + 1
                 prior[c] = out_p[j]
                 reach[c] = reach[node] * out_p[j]
+                seen[c] = seen[node] and out_seen[j] == 1
             n_nodes += n
         # value: expected accepted length along the selected path plus a greedy rollout
         value = 0.0
@@ -111,7 +121,7 @@ def _mcts(ctx_a, pending, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, 
         a, b = (tok[par[node]] if node > 0 else ctx_a), tok[node]
         for _d in range(dep[node], max_depth):
             n = _successors(a, b, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob,
-                            1, out_tok, out_p)
+                            1, out_tok, out_p, out_seen)
             if n == 0:
                 break
             r *= out_p[0]
@@ -146,6 +156,7 @@ def _mcts(ctx_a, pending, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, 
     d_out = np.empty(k, np.int32)
     r_out = np.empty(k, np.float32)
     v_out = np.empty(k, np.int32)
+    s_out = np.empty(k, np.bool_)
     for i in range(k):
         c = chosen[i]
         t_out[i] = tok[c]
@@ -153,7 +164,8 @@ def _mcts(ctx_a, pending, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, 
         d_out[i] = dep[c]
         r_out[i] = reach[c]
         v_out[i] = n_vis[c]
-    return t_out, p_out, d_out, r_out, v_out
+        s_out[i] = seen[c]
+    return t_out, p_out, d_out, r_out, v_out, s_out
 
 
 def build_draft(matrix: TrigramMatrix, context, config: DraftConfig, max_nodes: int | None = None,
@@ -170,10 +182,21 @@ def build_draft(matrix: TrigramMatrix, context, config: DraftConfig, max_nodes: 
         raise ValueError("context token ids out of the matrix vocabulary")
     if nodes <= 0 or depth <= 0:
         return DraftTree.empty()
-    t, p, d, r, v = _mcts(np.int64(ctx_a), np.int64(pending), matrix.n_vocab, *matrix.kernel_arrays(),
+    t, p, d, r, v, seen = _mcts(np.int64(ctx_a), np.int64(pending), matrix.n_vocab, *matrix.kernel_arrays(),
                           min(config.top_k, matrix.top_k), config.n_simulations, depth, nodes,
                           np.float32(config.c1), np.float32(config.c2))
-    return DraftTree(t, p, d, r, v)
+    return DraftTree(t, p, d, r, v, seen)
+
+
+def top_successor(matrix: TrigramMatrix, context) -> DraftTree:
+    """A one-node tree: the matrix's most likely next token after context (empty when the
+    matrix knows nothing about it). A cheap probe before deciding whether to search at all."""
+    a = int(context[-2]) if len(context) >= 2 else -1
+    tokens, probs, seen = matrix.successors(a, int(context[-1]), top_k=1, seen=True)
+    if tokens.size == 0:
+        return DraftTree.empty()
+    one = np.ones(1, np.int32)
+    return DraftTree(tokens.astype(np.int32), np.full(1, -1, np.int32), one, probs.astype(np.float32), one, seen)
 
 
 @njit(cache=True)

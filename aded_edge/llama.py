@@ -15,16 +15,15 @@ import hashlib
 import json
 import os
 import time
-from collections import deque
 from pathlib import Path
 
 import llama_cpp
 import numpy as np
 from llama_cpp import _internals
 
-from . import models
+from . import models, store
 from .accept import Sampling, make_chooser, walk_tree
-from .budget import CostModel, ReachCalibrator, best_size, order_by
+from .budget import CostModel, ReachCalibrator, draft_step
 from .config import DraftConfig
 from .draft import DraftTree, build_draft, chain_first, tree_layout
 from .gguf import read_gguf
@@ -35,6 +34,8 @@ from .trigram import MatrixFileError, TrigramMatrix
 COST_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 96, 128, 192, 256)
 COST_REPEATS = 3          # median of this many timings per size
 COST_PREFIX = 64          # KV entries present while measuring (the curve is rescaled online)
+COST_MAX_SPREAD = 0.25    # a calibration whose repeats differ more than this (median relative spread)
+                          # was disturbed by other load: it is used for this session but not cached
 
 
 class TreeBatch:
@@ -73,17 +74,22 @@ class TreeBatch:
 
 class AdedLlama(llama_cpp.Llama):
     """`llama_cpp.Llama` with lossless ADED drafting. Extra keyword arguments:
-    draft (DraftConfig), matrix (TrigramMatrix or a matrix file path), calibrate (measure the
-    batch cost curve at load; cached on disk). `model_path` may also be a catalog name."""
+    draft (DraftConfig); matrix (TrigramMatrix or a matrix file path; default: a fresh matrix plus
+    the model's corpus matrix when `corpus` and the adaptive weights of earlier runs when
+    `persist`, saved again by close()); calibrate (measure the batch cost curve at load; cached
+    on disk); drafter (an object with draft(history, max_nodes, max_depth) -> DraftTree and
+    update(tokens), used instead of the MCTS search, e.g. the ADED reference drafter in the
+    benchmark). `model_path` may also be a catalog name."""
 
-    def __init__(self, model_path, *, draft: DraftConfig | None = None, matrix=None,
-                 calibrate: bool = True, speculative: bool = True, **kwargs):
+    def __init__(self, model_path, *, draft: DraftConfig | None = None, matrix=None, corpus: bool = True,
+                 persist: bool = True, calibrate: bool = True, speculative: bool = True, drafter=None, **kwargs):
         path = str(models.resolve(model_path))
         read_gguf(path)  # a clear error for a foreign or truncated file, before llama.cpp sees it
         super().__init__(path, **kwargs)
         self.draft_config = draft or DraftConfig()
+        self.drafter = drafter
         self.last_stats = DecodeStats()
-        self.matrix = self._attach_matrix(matrix)
+        self.matrix = self._attach_matrix(matrix, corpus, persist)
         self._calibrators = {True: ReachCalibrator(), False: ReachCalibrator()}  # greedy, sampled
         self._model_reason = self._unsupported_model(kwargs) if speculative else "speculation switched off"
         self.cost = CostModel([1], [1.0])
@@ -138,24 +144,48 @@ class AdedLlama(llama_cpp.Llama):
     def vocab_fingerprint(self) -> str:
         """Hash of every token's text: a matrix is only valid for a vocabulary with this hash."""
         if getattr(self, "_fingerprint", None) is None:
-            h = hashlib.sha256(str(self.n_vocab()).encode())
-            vocab = self._model.vocab
-            for i in range(self.n_vocab()):
-                h.update(llama_cpp.llama_vocab_get_text(vocab, i) or b"")
-                h.update(b"\0")
-            self._fingerprint = h.hexdigest()[:32]
+            self._fingerprint = vocab_fingerprint(self._model.vocab)
         return self._fingerprint
 
-    def _attach_matrix(self, matrix) -> TrigramMatrix:
+    def _attach_matrix(self, matrix, corpus: bool, persist: bool) -> TrigramMatrix:
+        """The given matrix (object or file), else a fresh one with this model's corpus matrix
+        (aded-edge matrix build) and, when persist is on, the adaptive weights of earlier runs."""
         cfg = self.draft_config
-        if matrix is None:
-            return TrigramMatrix(self.n_vocab(), self.vocab_fingerprint(), top_k=cfg.top_k,
-                                 increment=cfg.adapt_increment, cap=cfg.adapt_cap)
+        self._persist = persist and matrix is None
+        self.matrix_notes = []  # one line per matrix file used or skipped, for people
         if isinstance(matrix, (str, os.PathLike)):
+            self.matrix_notes.append(f"matrix: {matrix}")
             return TrigramMatrix.load(matrix, self.n_vocab(), self.vocab_fingerprint())
-        if matrix.n_vocab != self.n_vocab() or (matrix.fingerprint and matrix.fingerprint != self.vocab_fingerprint()):
-            raise MatrixFileError("the tri-gram matrix was built for another model's vocabulary")
-        return matrix
+        if matrix is not None:
+            if matrix.n_vocab != self.n_vocab() or (matrix.fingerprint and matrix.fingerprint != self.vocab_fingerprint()):
+                raise MatrixFileError("the tri-gram matrix was built for another model's vocabulary")
+            return matrix
+        m = TrigramMatrix(self.n_vocab(), self.vocab_fingerprint(), top_k=cfg.top_k,
+                          increment=cfg.adapt_increment, cap=cfg.adapt_cap)
+        paths = store.paths(self.vocab_fingerprint())
+        if corpus and paths.corpus.exists():
+            static = TrigramMatrix.load(paths.corpus, self.n_vocab(), self.vocab_fingerprint())
+            m.set_static(*static.static_arrays())
+            self.matrix_notes.append(f"corpus matrix: {paths.corpus} ({static.static_rows} contexts)")
+        if self._persist and paths.adaptive.exists():
+            try:  # a damaged warm-start file must not stop generation: say so and start cold
+                m.set_adaptive(TrigramMatrix.load(paths.adaptive, self.n_vocab(), self.vocab_fingerprint()))
+                self.matrix_notes.append(f"adaptive matrix: {paths.adaptive} ({m.adaptive_rows} contexts, warm start)")
+            except MatrixFileError as e:
+                self.matrix_notes.append(f"adaptive matrix ignored: {e} (aded-edge matrix reset clears it)")
+        return m
+
+    def save_matrix(self) -> None:
+        """Persist the adaptive weights for the next run of this model (atomic; no-op when
+        persistence is off)."""
+        if self._persist and not self._model_reason:
+            self.matrix.save(store.paths(self.vocab_fingerprint()).adaptive, part="adaptive")
+
+    def close(self) -> None:
+        if getattr(self, "matrix", None) is not None:
+            with contextlib.suppress(OSError):  # an unwritable cache only loses the warm start
+                self.save_matrix()
+        super().close()
 
     def _cost_key(self) -> dict:
         st = os.stat(self.model_path)
@@ -164,7 +194,7 @@ class AdedLlama(llama_cpp.Llama):
                     system=llama_cpp.llama_print_system_info().decode(errors="replace"),
                     threads=p.n_threads, threads_batch=p.n_threads_batch, n_ctx=p.n_ctx, n_ubatch=p.n_ubatch,
                     flash_attn=int(p.flash_attn_type), gpu_layers=self.model_params.n_gpu_layers,
-                    max_size=self._max_nodes + 1, version=1)
+                    max_size=self._max_nodes + 1, version=2)
 
     def _cost_curve(self) -> CostModel:
         """The measured cost curve, from the on-disk cache when this exact setup was measured."""
@@ -174,16 +204,22 @@ class AdedLlama(llama_cpp.Llama):
         with contextlib.suppress(OSError, ValueError, KeyError):
             data = json.loads(path.read_text())
             return CostModel(data["sizes"], data["seconds"])
-        sizes, seconds = self.measure_costs()
+        for _attempt in range(2):
+            sizes, seconds, spread = self.measure_costs()
+            if spread <= COST_MAX_SPREAD:
+                break
+        else:  # the machine was busy: trust this curve for now (it is corrected online), not later
+            return CostModel(sizes, seconds)
         with contextlib.suppress(OSError):  # an unwritable cache only costs a re-measurement
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(dict(key=key, sizes=sizes, seconds=seconds)))
+            tmp.write_text(json.dumps(dict(key=key, sizes=sizes, seconds=seconds, spread=spread)))
             os.replace(tmp, path)
         return CostModel(sizes, seconds)
 
     def measure_costs(self, sizes=None, repeats: int = COST_REPEATS):
-        """Seconds of one llama_decode of n tokens (all with logits), for each n, on this setup."""
+        """(sizes, seconds of one llama_decode of n tokens with logits for each size, median
+        relative spread of the repeats: how much other load disturbed the measurement)."""
         top = self._max_nodes + 1
         sizes = [n for n in (sizes or COST_SIZES) if n <= top] or [1]
         prefix = min(COST_PREFIX, self._n_ctx - top - 1)
@@ -193,7 +229,7 @@ class AdedLlama(llama_cpp.Llama):
         llama_cpp.llama_memory_clear(mem, True)
         self.n_tokens = 0
         self.eval(filler[:prefix])
-        out = []
+        out, spreads = [], []
         for n in [sizes[0]] + sizes:  # the first size twice: warm-up
             chain = DraftTree(np.array(filler[prefix + 1:prefix + n], np.int32), np.arange(-1, n - 2, dtype=np.int32),
                               np.arange(1, n, dtype=np.int32), np.ones(n - 1, np.float32), np.ones(n - 1, np.int32))
@@ -205,10 +241,11 @@ class AdedLlama(llama_cpp.Llama):
                 times.append(time.perf_counter() - t)
                 llama_cpp.llama_memory_seq_rm(mem, -1, prefix, -1)
             out.append(float(np.median(times)))
+            spreads.append((max(times) - min(times)) / out[-1])
         llama_cpp.llama_memory_clear(mem, True)
         self.n_tokens = 0
         self._requires_eval = True
-        return sizes, out[1:]
+        return sizes, out[1:], float(np.median(spreads[1:]))
 
     def _decode(self, batch) -> None:
         rc = llama_cpp.llama_decode(self._ctx.ctx, batch)
@@ -270,13 +307,14 @@ class AdedLlama(llama_cpp.Llama):
         # the first token are bit-identical to it; the first token needs no draft
         stats.reused_tokens = self._prefill(prompt)
         matrix.update(prompt, start=stats.reused_tokens)
+        if self.drafter is not None:
+            self.drafter.update(prompt)
         first = choose(self._logits_row(-1))
         stats.prefill_s = time.perf_counter() - t
         if stopping_criteria is not None and stopping_criteria(np.asarray(prompt, dtype=np.intc), self._logits_row(-1)):
             return
         history = list(prompt) + [first]  # every token emitted so far
         n_past = len(prompt)              # tokens in the KV cache (seq 0) = history[:n_past]
-        unlabelled = deque()              # (full MCTS tree, index in history of its first predicted token)
         stats.generated += 1
         yield first
         while True:
@@ -285,12 +323,11 @@ class AdedLlama(llama_cpp.Llama):
             if room < 0:
                 return
             t0 = time.perf_counter()
-            # draft: MCTS tree, calibrated reach probabilities, then the size that pays
-            full = build_draft(matrix, history[-2:], cfg, max_nodes=min(room, self._max_nodes - len(pending) + 1),
-                               max_depth=room)
-            tree, q = order_by(full, calibrator.predict(full))
-            k = len(tree) if cfg.budget == "fixed" else best_size(q, cost, cfg.min_accept_prob)
-            tree = chain_first(tree.head(k))
+            # draft: MCTS tree, calibrated reach probabilities, the prefix of it that pays
+            full, tree = draft_step(matrix, history, cfg, calibrator, cost, max_nodes=min(room, self._max_nodes -
+                                    len(pending) + 1), max_depth=room, drafter=self.drafter)
+            k = len(tree)
+            tree = chain_first(tree)
             t1 = time.perf_counter()
             # verify: the pending tokens and the whole tree in one llama_decode
             n_leaves = self._verify(tree, pending, n_past)
@@ -309,10 +346,10 @@ class AdedLlama(llama_cpp.Llama):
             start = len(history)
             history.extend(emitted)
             matrix.update(history[start - 2:], start=2)
-            unlabelled.append((full, start))
-            while unlabelled and (len(history) - unlabelled[0][1] >= cfg.max_depth):
-                old, s = unlabelled.popleft()
-                calibrator.observe(old, history[s:s + cfg.max_depth])
+            if self.drafter is not None:
+                self.drafter.update(emitted)
+            calibrator.track(full, start)
+            calibrator.learn(history, cfg.max_depth)
             t3 = time.perf_counter()
             cost.observe(len(pending) + k, t2 - t1, (t1 - t0) + (t3 - t2))
             stats.record_step(k, len(accepted))
@@ -382,6 +419,49 @@ class AdedLlama(llama_cpp.Llama):
         """True when no sequence id in 1..upto-1 holds any position (no leaked branch)."""
         mem = llama_cpp.llama_get_memory(self._ctx.ctx)
         return all(llama_cpp.llama_memory_seq_pos_max(mem, s) < 0 for s in range(1, upto))
+
+
+def vocab_fingerprint(vocab) -> str:
+    """Hash of a vocabulary's size and every token's text."""
+    n = llama_cpp.llama_vocab_n_tokens(vocab)
+    h = hashlib.sha256(str(n).encode())
+    for i in range(n):
+        h.update(llama_cpp.llama_vocab_get_text(vocab, i) or b"")
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+class Tokenizer:
+    """A model's tokenizer alone (vocab-only load, no weights): for building matrices."""
+
+    def __init__(self, model_path):
+        path = str(models.resolve(model_path))
+        read_gguf(path)
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        try:
+            self._model = _internals.LlamaModel(path_model=path, params=params, verbose=False)
+        except ValueError:
+            raise ValueError(f"llama.cpp could not load the vocabulary of {path}") from None
+        self.path = path
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._model.vocab))
+        self._buf = np.empty(1 << 16, np.int32)
+
+    def tokenize(self, text: bytes) -> np.ndarray:
+        """Token ids of text (no BOS, special tokens as plain text), as int32."""
+        while True:
+            n = llama_cpp.llama_tokenize(self._model.vocab, text, len(text),
+                                         self._buf.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token)),
+                                         self._buf.shape[0], False, False)
+            if n >= 0:
+                return self._buf[:n].copy()
+            self._buf = np.empty(max(-n, 2 * self._buf.shape[0]), np.int32)
+
+    def fingerprint(self) -> str:
+        return vocab_fingerprint(self._model.vocab)
+
+    def close(self) -> None:
+        self._model.close()
 
 
 def system_info() -> str:

@@ -15,6 +15,7 @@ import numpy as np
 
 from .accept import walk_tree
 from .config import DraftConfig
+from .budget import CostModel, ReachCalibrator, draft_step
 from .draft import build_draft
 from .trigram import TrigramMatrix
 
@@ -27,13 +28,22 @@ def load_recorded(path) -> list[dict]:
     return rows
 
 
-def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int) -> dict:
-    """Replay every recording with trees of `nodes` nodes (one matrix shared across recordings,
-    as in one decoding process). Returns tokens, steps, drafted and accepted counts, draft time."""
+def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, static=None,
+           cost: CostModel | None = None) -> dict:
+    """Replay every recording with trees of up to `nodes` nodes (one matrix shared across
+    recordings, as in one decoding process; `static`: a corpus matrix's static arrays). With a
+    cost curve the auto budget chooses each step's tree exactly as decoding does, and the
+    verification time is estimated from the curve. Returns tokens, steps, drafted and accepted
+    counts, drafting time and (with a cost curve) estimated seconds of aded and of plain."""
     matrix = TrigramMatrix(n_vocab, top_k=config.top_k, increment=config.adapt_increment, cap=config.adapt_cap)
+    if static is not None:
+        matrix.set_static(*static)
+    config = config.replace(max_nodes=nodes, budget="auto" if cost is not None else "fixed")
+    cost = cost or CostModel([1], [1.0])
+    calibrator = ReachCalibrator()
     build_draft(matrix, [0, 0], config)  # JIT warm-up outside the timing
     tokens = steps = drafted = accepted = 0
-    draft_s = 0.0
+    draft_s = verify_s = 0.0
     for rec in recorded:
         prompt, truth = rec["prompt"], rec["output"]
         matrix.update(prompt)
@@ -41,8 +51,9 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int) 
         out = truth[:1]
         while len(out) < len(truth):
             t = time.perf_counter()
-            tree = build_draft(matrix, history[-2:], config, max_nodes=nodes)
+            full, tree = draft_step(matrix, history, config, calibrator, cost, nodes, config.max_depth)
             draft_s += time.perf_counter() - t
+            verify_s += float(cost(len(tree) + 1))
             upcoming = iter(truth[len(out):])  # "the model" chooses the recorded tokens
             acc, emitted = walk_tree(tree, lambda row: row, lambda _row: next(upcoming, -1))
             emitted = [t for t in emitted if t >= 0]
@@ -50,27 +61,57 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int) 
             history.extend(emitted)
             out.extend(emitted)
             matrix.update(history[start - 2:], start=2)
+            calibrator.track(full, start)
+            calibrator.learn(history, config.max_depth)
             steps += 1
             drafted += len(tree)
             accepted += len(acc)
         if out != truth:
             raise AssertionError("replay did not reproduce the recorded output")
         tokens += len(truth) - 1
+    plain_s = tokens * float(cost(1))
     return dict(nodes=nodes, tokens=tokens, steps=steps, drafted=drafted, accepted=accepted,
-                tokens_per_step=tokens / max(steps, 1), draft_us_per_token=1e6 * draft_s / max(tokens, 1))
+                tokens_per_step=tokens / max(steps, 1), draft_us_per_token=1e6 * draft_s / max(tokens, 1),
+                draft_s=draft_s, verify_s=verify_s, plain_s=plain_s,
+                est_speedup=plain_s / max(verify_s + draft_s, 1e-12))
 
 
-def simulate(path, n_vocab: int | None = None, sizes=(1, 2, 4, 8, 16, 32, 64), config: DraftConfig | None = None) -> str:
+def load_costs(path) -> CostModel:
+    """The cost curve of a bench run (rows.jsonl header) or of a cached calibration file."""
+    text = Path(path).read_text()
+    try:
+        first = json.loads(text.splitlines()[0]) if text.strip() else {}
+        data = first.get("header", {}).get("cost_curve") or first
+        return CostModel(data["sizes"], data["seconds"])
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+        raise ValueError(f"{path}: no cost curve (bench's rows.jsonl or a file of the cost cache)") from None
+
+
+def simulate(path, n_vocab: int | None = None, sizes=(1, 2, 4, 8, 16, 32, 64), config: DraftConfig | None = None,
+             corpus=None, costs=None) -> str:
+    """Markdown table of the replay at each tree size, with the context matrix alone and, when a
+    corpus matrix file is given, with it merged in; with a cost curve, the automatic budget
+    chooses the trees (up to each size) and the estimated speed-up over plain decoding is shown."""
     recorded = load_recorded(path)
     n_vocab = n_vocab or max(int(r.get("n_vocab", 0)) for r in recorded) or None
     if not n_vocab:
         raise ValueError(f"{path}: no n_vocab recorded; pass the model's vocabulary size")
     config = config or DraftConfig()
+    cost = load_costs(costs) if costs else None
     lines = [f"replay of {len(recorded)} recorded generations ({sum(len(r['output']) for r in recorded)} tokens), "
-             f"model-free; every replay reproduced its recording",
-             "| drafter | nodes | tokens/step | accepted/drafted | draft us/token |", "|---|---|---|---|---|"]
+             f"model-free; every replay reproduced its recording"
+             + (f"; budget: auto on the cost curve of {costs} (est. speed-up = plain decode time from the "
+                f"curve / (verify time from the curve + measured drafting time))" if cost else "; budget: fixed"),
+             "| drafter | matrix | nodes | tokens/step | accepted/drafted | draft us/token | est. speed-up |",
+             "|---|---|---|---|---|---|---|"]
+    variants = [("context", None)]
+    if corpus is not None:
+        static = TrigramMatrix.load(corpus, n_vocab=n_vocab)
+        variants.append(("context + corpus", static.static_arrays()))
     for n in sizes:
-        r = replay(recorded, n_vocab, config, n)
-        lines.append(f"| aded MCTS | {n} | {r['tokens_per_step']:.2f} | {r['accepted']}/{r['drafted']} | "
-                     f"{r['draft_us_per_token']:.1f} |")
+        for name, static in variants:
+            r = replay(recorded, n_vocab, config, n, static, cost=cost)
+            speed = f"{r['est_speedup']:.2f}x" if cost else "-"
+            lines.append(f"| aded MCTS | {name} | {n} | {r['tokens_per_step']:.2f} | {r['accepted']}/{r['drafted']} | "
+                         f"{r['draft_us_per_token']:.1f} | {speed} |")
     return "\n".join(lines)

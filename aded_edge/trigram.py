@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+MAX_SAVED_ROWS = 1 << 18   # adaptive rows kept on disk (the heaviest); bounds the warm-start file
+CONTEXT_WEIGHT = 4.0       # an adapted weight counts this many times a corpus probability when merged
 EMPTY = -1
 
 
@@ -137,15 +139,17 @@ def _static_row(s_keys, key):
 
 
 @njit(cache=True)
-def _merge_row(key, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob, out_tok, out_w):
-    """Union of the adaptive and static successors of one pair key into out_*; returns count."""
+def _merge_row(key, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob, out_tok, out_w, out_seen):
+    """Union of the adaptive and static successors of one pair key into out_* (out_seen: 1 when
+    the adaptive part holds the successor, i.e. it was seen in this context); returns count."""
     n = 0
     r = _find_row(keys, rowof, key)
     if r >= 0:
         for j in range(succ.shape[1]):
             if succ[r, j] != EMPTY:
                 out_tok[n] = succ[r, j]
-                out_w[n] = w[r, j]
+                out_w[n] = w[r, j] * CONTEXT_WEIGHT
+                out_seen[n] = 1
                 n += 1
     s = _static_row(s_keys, key)
     if s >= 0:
@@ -160,24 +164,28 @@ def _merge_row(key, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob, out_tok
             if not found and n < out_tok.shape[0]:
                 out_tok[n] = t
                 out_w[n] = s_prob[j]
+                out_seen[n] = 0
                 n += 1
     return n
 
 
 @njit(cache=True)
 def _successors(a, b, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob,
-                top_k, out_tok, out_p):
-    """Top-k successors of the context (a, b) with probabilities summing to 1, best first.
+                top_k, out_tok, out_p, out_seen):
+    """Top-k successors of the context (a, b) with probabilities summing to 1, best first;
+    out_seen[i] = 1 when the tri-gram (a, b, successor) was seen in this context (adaptive part).
     Falls back to the bigram of b when the pair was never seen. Returns the count."""
     buf_tok = np.empty(out_tok.shape[0] + succ.shape[1], np.int32)
     buf_w = np.empty(buf_tok.shape[0], np.float32)
+    buf_seen = np.zeros(buf_tok.shape[0], np.uint8)
     n = 0
     if a >= 0:
         n = _merge_row(np.int64(a) * n_vocab + b, keys, rowof, succ, w,
-                       s_keys, s_ptr, s_succ, s_prob, buf_tok, buf_w)
+                       s_keys, s_ptr, s_succ, s_prob, buf_tok, buf_w, buf_seen)
     if n == 0:
         n = _merge_row(np.int64(n_vocab) * n_vocab + b, keys, rowof, succ, w,
-                       s_keys, s_ptr, s_succ, s_prob, buf_tok, buf_w)
+                       s_keys, s_ptr, s_succ, s_prob, buf_tok, buf_w, buf_seen)
+        buf_seen[:n] = 0  # a bigram fallback is never a tri-gram of this context
     # selection sort of the best top_k (n is small)
     m = min(n, top_k)
     total = 0.0
@@ -188,57 +196,83 @@ def _successors(a, b, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_pr
                 best = j
         buf_tok[i], buf_tok[best] = buf_tok[best], buf_tok[i]
         buf_w[i], buf_w[best] = buf_w[best], buf_w[i]
+        buf_seen[i], buf_seen[best] = buf_seen[best], buf_seen[i]
         total += buf_w[i]
     for i in range(m):
         out_tok[i] = buf_tok[i]
         out_p[i] = buf_w[i] / total if total > 0 else 1.0 / m
+        out_seen[i] = buf_seen[i]
     return m
 
 
 @njit(cache=True)
-def _prune_sorted(pairs, succs, counts, pair_totals_idx, totals, top_k, min_count):
-    """Rows sorted by (pair, -count): keep the first top_k with count >= min_count per pair.
-    Returns CSR (keys, ptr, succ, prob) with prob = count / all counts of the pair."""
-    n = pairs.shape[0]
-    keep = np.zeros(n, np.bool_)
-    n_rows = 0
+def _gram_keys(tokens, n_vocab, out):
+    """Keys of every tri-gram ((a*V + b)*V + c) and bigram ((V*V + b)*V + c) in tokens, where
+    -1 separates streams (no gram spans a separator). Returns the number of keys written."""
+    v = np.int64(n_vocab)
+    base = v * v
+    n = 0
+    for i in range(1, tokens.shape[0]):
+        c = np.int64(tokens[i])
+        b = np.int64(tokens[i - 1])
+        if c < 0 or b < 0:
+            continue
+        out[n] = (base + b) * v + c
+        n += 1
+        if i >= 2 and tokens[i - 2] >= 0:
+            out[n] = (np.int64(tokens[i - 2]) * v + b) * v + c
+            n += 1
+    return n
+
+
+@njit(cache=True)
+def _top_successors(grams, n_vocab, top_k, min_count):
+    """Sorted gram keys -> CSR (keys, ptr, succ, prob) of the top_k successors (count desc, id asc
+    on ties) with count >= min_count of every pair; prob = count / all counts of the pair."""
+    v = np.int64(n_vocab)
+    n = grams.shape[0]
+    # distinct grams with their counts, in key order (so pairs are contiguous)
+    g_succ = np.empty(n, np.int32)
+    g_count = np.empty(n, np.int64)
+    g_pair = np.empty(n, np.int64)
+    m = 0
     i = 0
     while i < n:
         j = i
-        while j < n and pairs[j] == pairs[i]:
+        while j < n and grams[j] == grams[i]:
             j += 1
-        kept = 0
-        for m in range(i, j):
-            if kept < top_k and counts[m] >= min_count:
-                keep[m] = True
-                kept += 1
-        if kept > 0:
-            n_rows += 1
+        g_pair[m] = grams[i] // v
+        g_succ[m] = np.int32(grams[i] % v)
+        g_count[m] = j - i
+        m += 1
         i = j
-    s_keys = np.empty(n_rows, np.int64)
-    s_ptr = np.zeros(n_rows + 1, np.int64)
-    n_keep = 0
-    for m in range(n):
-        if keep[m]:
-            n_keep += 1
-    s_succ = np.empty(n_keep, np.int32)
-    s_prob = np.empty(n_keep, np.float32)
-    r = -1
-    e = 0
-    prev = np.int64(-1)
-    for m in range(n):
-        if not keep[m]:
-            continue
-        if pairs[m] != prev:
-            r += 1
-            s_keys[r] = pairs[m]
-            s_ptr[r] = e
-            prev = pairs[m]
-        s_succ[e] = succs[m]
-        s_prob[e] = counts[m] / totals[pair_totals_idx[m]]
-        e += 1
-        s_ptr[r + 1] = e
-    return s_keys, s_ptr, s_succ, s_prob
+    s_keys = np.empty(m, np.int64)
+    s_ptr = np.zeros(m + 1, np.int64)
+    s_succ = np.empty(m, np.int32)
+    s_prob = np.empty(m, np.float32)
+    rows, e = 0, 0
+    i = 0
+    while i < m:
+        j = i
+        total = 0
+        while j < m and g_pair[j] == g_pair[i]:
+            total += g_count[j]
+            j += 1
+        order = np.argsort(-g_count[i:j], kind="mergesort")  # stable: equal counts keep id order
+        kept = 0
+        for o in order:
+            if kept == top_k or g_count[i + o] < min_count:
+                break
+            s_succ[e] = g_succ[i + o]
+            s_prob[e] = g_count[i + o] / total
+            e += 1
+            kept += 1
+        if kept > 0:
+            s_keys[rows] = g_pair[i]
+            rows += 1
+            s_ptr[rows] = e
+        i = j
+    return s_keys[:rows].copy(), s_ptr[:rows + 1].copy(), s_succ[:e].copy(), s_prob[:e].copy()
 
 
 # ----------------------------------------------------------------------------- wrappers
@@ -255,25 +289,17 @@ def _as_tokens(tokens, n_vocab: int) -> np.ndarray:
 def count_static(streams, n_vocab: int, top_k: int = 12, min_count: int = 1):
     """CSR arrays (keys, ptr, succ, prob) of the top_k successors of every tri-gram context and
     every bigram context (key V*V + b) seen in the token streams; tri-grams never span streams."""
-    v = np.int64(n_vocab)
-    tri, bi = [], []
+    if not 1 <= top_k <= 255 or min_count < 1:
+        raise ValueError("top_k must be in 1..255 and min_count >= 1")
+    parts = []
     for stream in streams:
-        t = _as_tokens(stream, n_vocab).astype(np.int64)
-        if t.size >= 2:
-            bi.append((v * v + t[:-1]) * v + t[1:])
-        if t.size >= 3:
-            tri.append(((t[:-2] * v) + t[1:-1]) * v + t[2:])
-    parts = [p for p in tri + bi]
-    if not parts:
-        empty = np.empty(0, np.int64)
-        return empty, np.zeros(1, np.int64), np.empty(0, np.int32), np.empty(0, np.float32)
-    grams, counts = np.unique(np.concatenate(parts), return_counts=True)
-    pairs, succs = grams // v, (grams % v).astype(np.int32)
-    order = np.lexsort((-counts, pairs))
-    pairs, succs, counts = pairs[order], succs[order], counts[order].astype(np.int64)
-    uniq_pairs, first, inverse = np.unique(pairs, return_index=True, return_inverse=True)
-    totals = np.bincount(inverse, weights=counts).astype(np.float64)
-    return _prune_sorted(pairs, succs, counts, inverse.astype(np.int64), totals, top_k, min_count)
+        parts.append(_as_tokens(stream, n_vocab))
+        parts.append(np.full(1, -1, np.int32))
+    tokens = np.concatenate(parts) if parts else np.empty(0, np.int32)
+    keys = np.empty(2 * tokens.shape[0], np.int64)
+    keys = keys[:_gram_keys(tokens, n_vocab, keys)]
+    keys.sort()
+    return _top_successors(keys, n_vocab, top_k, min_count)
 
 
 @dataclass
@@ -297,8 +323,8 @@ class TrigramMatrix:
     s_prob: np.ndarray = field(default=None, repr=False)  # float32 P(successor | pair)
 
     def __post_init__(self):
-        if self.n_vocab <= 0 or self.n_vocab > 3_000_000:
-            raise ValueError("n_vocab must be in 1..3,000,000")
+        if self.n_vocab <= 0 or self.n_vocab > 2_000_000:  # (V*V + b)*V + c must fit in int64
+            raise ValueError("n_vocab must be in 1..2,000,000")
         if self.keys is None:
             self._alloc(1 << 12)
         if self.s_keys is None:
@@ -337,6 +363,16 @@ class TrigramMatrix:
         self.s_succ = np.ascontiguousarray(s_succ, np.int32)
         self.s_prob = np.ascontiguousarray(s_prob, np.float32)
 
+    def static_arrays(self):
+        return self.s_keys, self.s_ptr, self.s_succ, self.s_prob
+
+    def set_adaptive(self, other: "TrigramMatrix") -> None:
+        """Take over the adaptive table (and its settings) of another matrix of this vocabulary."""
+        if other.n_vocab != self.n_vocab:
+            raise ValueError("adaptive table of another vocabulary")
+        self.top_k, self.increment, self.cap = other.top_k, other.increment, other.cap
+        self.keys, self.rowof, self.succ, self.w, self.n_rows = other.keys, other.rowof, other.succ, other.w, other.n_rows
+
     def update(self, tokens, start: int = 0) -> None:
         """Raise the weights of every tri-gram (and bigram) ending at tokens[start:]."""
         arr = _as_tokens(tokens, self.n_vocab)
@@ -347,14 +383,18 @@ class TrigramMatrix:
             if i < arr.shape[0]:
                 self._grow()
 
-    def successors(self, a: int, b: int, top_k: int | None = None):
-        """(tokens, probabilities) of the best successors of the context (a, b); a may be -1."""
+    def successors(self, a: int, b: int, top_k: int | None = None, seen: bool = False):
+        """(tokens, probabilities) of the best successors of the context (a, b); a may be -1.
+        With seen=True also a bool array: the tri-gram was seen in this context."""
         k = self.top_k if top_k is None else int(top_k)
         if not (0 <= b < self.n_vocab) or not (-1 <= a < self.n_vocab) or k < 1:
             raise ValueError("successors: token ids out of range or top_k < 1")
         out_tok = np.empty(k, np.int32)
         out_p = np.empty(k, np.float32)
-        n = _successors(np.int64(a), np.int64(b), self.n_vocab, *self.kernel_arrays(), k, out_tok, out_p)
+        out_seen = np.zeros(k, np.uint8)
+        n = _successors(np.int64(a), np.int64(b), self.n_vocab, *self.kernel_arrays(), k, out_tok, out_p, out_seen)
+        if seen:
+            return out_tok[:n], out_p[:n], out_seen[:n].astype(bool)
         return out_tok[:n], out_p[:n]
 
     def kernel_arrays(self):
@@ -363,69 +403,104 @@ class TrigramMatrix:
                 self.s_keys, self.s_ptr, self.s_succ, self.s_prob)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path) -> None:
-        """Write atomically (temporary file in the same folder, then rename)."""
+    def save(self, path, part: str = "all", **info) -> None:
+        """Write the static part, the adaptive part or both ("static", "adaptive", "all")
+        atomically: a temporary file in the same folder, then a rename. `info` goes into the
+        file's metadata (corpus, token counts, ...)."""
+        if part not in ("all", "static", "adaptive"):
+            raise ValueError("part must be 'all', 'static' or 'adaptive'")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        n = self.adaptive_rows
-        meta = dict(format="aded-edge-trigram", version=FORMAT_VERSION, n_vocab=self.n_vocab,
-                    fingerprint=self.fingerprint, top_k=self.top_k,
-                    increment=self.increment, cap=self.cap)
-        used = self.keys != EMPTY
+        meta = dict(format="aded-edge-trigram", version=FORMAT_VERSION, part=part, n_vocab=self.n_vocab,
+                    fingerprint=self.fingerprint, top_k=self.top_k, increment=self.increment, cap=self.cap,
+                    **info)
+        arrays = {}
+        if part in ("all", "adaptive"):
+            n = self.adaptive_rows
+            used = np.flatnonzero(self.keys != EMPTY)
+            rows = self.rowof[used]
+            if n > MAX_SAVED_ROWS:  # keep the heaviest rows, renumbered densely
+                keep = np.zeros(n, bool)
+                keep[np.argsort(-self.w[:n].sum(axis=1), kind="stable")[:MAX_SAVED_ROWS]] = True
+                renumber = np.cumsum(keep) - 1
+                used, rows = used[keep[rows]], renumber[rows[keep[rows]]]
+                succ, w = self.succ[:n][keep], self.w[:n][keep]
+            else:
+                succ, w = self.succ[:n], self.w[:n]
+            arrays.update(a_keys=self.keys[used], a_rows=rows.astype(np.int32), a_succ=succ, a_w=w)
+        if part in ("all", "static"):
+            arrays.update(s_keys=self.s_keys, s_ptr=self.s_ptr, s_succ=self.s_succ, s_prob=self.s_prob)
         fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, meta=np.array(json.dumps(meta)),
-                         a_keys=self.keys[used], a_rows=self.rowof[used],
-                         a_succ=self.succ[:n], a_w=self.w[:n],
-                         s_keys=self.s_keys, s_ptr=self.s_ptr, s_succ=self.s_succ, s_prob=self.s_prob)
+                np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
 
+    @staticmethod
+    def read_meta(path) -> dict:
+        """The metadata of a matrix file, checked for format and version, without its arrays."""
+        return _read(path, arrays=False)[0]
+
     @classmethod
     def load(cls, path, n_vocab: int | None = None, fingerprint: str | None = None) -> "TrigramMatrix":
         """Read a matrix file; with n_vocab/fingerprint given, refuse one made for another model."""
-        path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                arrays = {k: z[k] for k in z.files if k != "meta"}
-        except FileNotFoundError:
-            raise MatrixFileError(f"matrix file not found: {path}") from None
-        except Exception as e:  # zip, json or npy decoding errors all mean the same thing here
-            raise MatrixFileError(f"matrix file {path} is corrupt or truncated ({type(e).__name__}); "
-                                  f"rebuild it or delete it") from None
-        if meta.get("format") != "aded-edge-trigram" or meta.get("version") != FORMAT_VERSION:
-            raise MatrixFileError(f"{path} is not an aded-edge matrix of format version {FORMAT_VERSION}")
+        meta, arrays = _read(path, arrays=True)
         if n_vocab is not None and meta["n_vocab"] != n_vocab or (
-                fingerprint and meta.get("fingerprint") and meta["fingerprint"] != fingerprint):
+                fingerprint and meta["fingerprint"] and meta["fingerprint"] != fingerprint):
             raise MatrixFileError(f"{path} was built for another model (vocabulary {meta['n_vocab']}, "
-                                  f"fingerprint {meta.get('fingerprint', '')[:12]}); rebuild it for this model")
-        m = cls(n_vocab=int(meta["n_vocab"]), fingerprint=meta.get("fingerprint", ""),
-                top_k=int(meta["top_k"]), increment=float(meta["increment"]), cap=float(meta["cap"]))
+                                  f"fingerprint {meta['fingerprint'][:12]}); rebuild it for this model")
         try:
-            n = arrays["a_succ"].shape[0]
-            if arrays["a_succ"].ndim != 2 or arrays["a_succ"].shape[1] != m.top_k:
+            m = cls(n_vocab=int(meta["n_vocab"]), fingerprint=str(meta["fingerprint"]), top_k=int(meta["top_k"]),
+                    increment=float(meta["increment"]), cap=float(meta["cap"]))
+            k = m.top_k
+            a_succ = arrays.get("a_succ", np.empty((0, k), np.int32))
+            a_keys = np.ascontiguousarray(arrays.get("a_keys", np.empty(0, np.int64)), np.int64)
+            a_rows = np.ascontiguousarray(arrays.get("a_rows", np.empty(0, np.int32)), np.int32)
+            n = a_succ.shape[0]
+            if a_succ.ndim != 2 or a_succ.shape[1] != k:
                 raise ValueError("adaptive rows have the wrong width")
-            rows = 1 << max(12, int(np.ceil(np.log2(max(n, 1)))) + 1)
-            m._alloc(rows)
-            a_keys = np.ascontiguousarray(arrays["a_keys"], np.int64)
-            a_rows = np.ascontiguousarray(arrays["a_rows"], np.int32)
             if a_keys.shape != a_rows.shape or (a_rows.size and (a_rows.min() < 0 or a_rows.max() >= n)):
                 raise ValueError("row index out of range")
             if np.unique(a_keys).size != a_keys.size or (a_keys.size and a_keys.min() < 0):
                 raise ValueError("duplicate or negative pair keys")
-            m.succ[:n], m.w[:n] = arrays["a_succ"], arrays["a_w"]
+            m._alloc(1 << max(12, int(np.ceil(np.log2(max(n, 1)))) + 1))
+            m.succ[:n], m.w[:n] = a_succ, arrays.get("a_w", np.empty((0, k), np.float32))
             _rehash(a_keys, a_rows, m.keys, m.rowof)
             m.n_rows[0] = n
-            m.set_static(arrays["s_keys"], arrays["s_ptr"], arrays["s_succ"], arrays["s_prob"])
+            if "s_keys" in arrays:
+                m.set_static(arrays["s_keys"], arrays["s_ptr"], arrays["s_succ"], arrays["s_prob"])
             if m.s_ptr[-1] != m.s_succ.shape[0] or m.s_succ.shape != m.s_prob.shape:
                 raise ValueError("static rows do not match their pointers")
             if m.s_succ.size and (m.s_succ.min() < 0 or m.s_succ.max() >= m.n_vocab):
                 raise ValueError("successor id out of range")
-        except (KeyError, ValueError, IndexError) as e:
+        except (KeyError, ValueError, IndexError, TypeError) as e:
             raise MatrixFileError(f"matrix file {path} is inconsistent ({e}); rebuild it or delete it") from None
         return m
+
+
+def _read(path, arrays: bool):
+    """(meta, {name: array}) of a matrix file; MatrixFileError for anything but a readable file
+    of this format version."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            data = {k: z[k] for k in z.files if k != "meta"} if arrays else {}
+    except FileNotFoundError:
+        raise MatrixFileError(f"matrix file not found: {path}") from None
+    except Exception as e:  # zip, json or npy decoding errors all mean the same thing here
+        raise MatrixFileError(f"matrix file {path} is corrupt or truncated ({type(e).__name__}); "
+                              f"rebuild it or delete it") from None
+    if not isinstance(meta, dict) or meta.get("format") != "aded-edge-trigram":
+        raise MatrixFileError(f"{path} is not an aded-edge matrix file")
+    if meta.get("version") != FORMAT_VERSION:
+        raise MatrixFileError(f"{path} has matrix format version {meta.get('version')}, this aded-edge reads "
+                              f"version {FORMAT_VERSION}; rebuild it (aded-edge matrix build) or reset it")
+    if not isinstance(meta.get("n_vocab"), int) or not isinstance(meta.get("fingerprint", ""), str):
+        raise MatrixFileError(f"matrix file {path} has damaged metadata; rebuild it or delete it")
+    meta.setdefault("fingerprint", "")
+    return meta, data

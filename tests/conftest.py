@@ -23,18 +23,33 @@ def plain(model_path):
 
 @pytest.fixture(scope="session")
 def aded(model_path):
+    """AdedLlama as a user gets it (automatic budget), minus the warm start from earlier runs:
+    tests neither read nor write the user's adaptive matrix."""
     from aded_edge.llama import AdedLlama
-    return AdedLlama(model_path, n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS, verbose=False)
+    return AdedLlama(model_path, n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS, verbose=False,
+                     persist=False)
 
 
 @pytest.fixture(scope="session")
-def aded_tree(model_path):
-    """AdedLlama that always verifies its whole MCTS tree (8 nodes): drafting is exercised on every
-    step whatever this machine's batch costs make the automatic budget choose."""
+def corpus_matrix(model_path):
+    """A tri-gram matrix whose static part is counted from 300k tokens of the Python standard
+    library with the model's own tokenizer (what `aded-edge matrix build` makes, smaller)."""
+    from aded_edge import corpus
+    from aded_edge.llama import Tokenizer
+    tok = Tokenizer(model_path)
+    matrix, _, _ = corpus.build(tok, ["python-stdlib"], max_tokens=300_000)
+    return matrix
+
+
+@pytest.fixture(scope="session")
+def aded_tree(model_path, corpus_matrix):
+    """AdedLlama that always verifies its whole MCTS tree (8 nodes), drafted from a corpus matrix
+    merged with the context: drafting is exercised on every step whatever this machine's batch
+    costs make the automatic budget choose."""
     from aded_edge.config import DraftConfig
     from aded_edge.llama import AdedLlama
     return AdedLlama(model_path, n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS, verbose=False,
-                     draft=DraftConfig(budget="fixed", max_nodes=8))
+                     draft=DraftConfig(budget="fixed", max_nodes=8), matrix=corpus_matrix)
 
 
 @pytest.fixture(params=["auto budget", "fixed 8-node trees"])

@@ -59,7 +59,10 @@ def test_tiny_bench_run_writes_consistent_report(model_path, tmp_path):
     assert len(rec) == 1 and rec[0]["output"] and rec[0]["n_vocab"] == 49152
     # the model-free replay of that recording reproduces it (replay asserts it) and reports sizes
     out = simulate(tmp_path / "recorded.jsonl", sizes=(0, 4))
-    assert "| aded MCTS | 4 |" in out
+    assert "| aded MCTS | context | 4 |" in out
+    # ... and with the run's own cost curve the automatic budget decides, with a speed estimate
+    out = simulate(tmp_path / "recorded.jsonl", sizes=(8,), costs=tmp_path / "rows.jsonl")
+    assert "budget: auto" in out and out.strip().endswith("x |")
 
 
 def test_replay_counts_steps_exactly():
@@ -74,3 +77,15 @@ def test_replay_counts_steps_exactly():
     assert r["steps"] < r0["steps"] / 3
     # every step emits its accepted drafts plus one bonus token, except possibly the last (recording ends)
     assert r["tokens"] - r["steps"] <= r["accepted"] <= r["tokens"] - r["steps"] + 1
+
+
+def test_replay_with_a_cost_curve_lets_the_budget_decide():
+    from aded_edge.budget import CostModel
+    from aded_edge.config import DraftConfig
+    phrase = [5, 6, 7, 8, 9, 10, 11, 12]
+    rec = [dict(prompt=phrase * 3, output=phrase * 8)]
+    flat = replay(rec, 20, DraftConfig(), 16, cost=CostModel([1, 17], [0.010, 0.011]))
+    linear = replay(rec, 20, DraftConfig(), 16, cost=CostModel([1, 17], [0.010, 0.170]))
+    assert flat["steps"] < flat["tokens"] / 3 and flat["est_speedup"] > 2
+    assert linear["drafted"] == 0 and linear["steps"] == linear["tokens"]   # nothing pays: plain steps
+    assert linear["est_speedup"] <= 1.0

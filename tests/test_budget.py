@@ -102,3 +102,45 @@ def test_order_by_keeps_every_prefix_a_tree():
         if t.parents[i] >= 0:
             assert t.depth[i] == t.depth[t.parents[i]] + 1
     assert sorted(zip(t.tokens.tolist(), t.depth.tolist())) == sorted(zip(tree.tokens.tolist(), tree.depth.tolist()))
+
+
+def test_pay_threshold_follows_the_cost_curve():
+    from aded_edge.budget import pay_threshold
+    assert pay_threshold(FLAT) < 0.01                      # on a GPU almost anything is worth a node
+    assert pay_threshold(LINEAR) == pytest.approx(1.0)     # a drafted token costs a whole step
+    t = pay_threshold(STEPPED)
+    assert 0.3 < t < 0.7
+    # no chain whose first node is at or below the threshold can pay, one above can
+    assert best_size(np.full(64, t * 0.999), STEPPED) == 0
+    assert best_size(np.full(64, min(1.0, t * 1.2)), STEPPED) > 0
+
+
+def test_draft_step_skips_the_search_only_when_nothing_can_pay():
+    from aded_edge.budget import draft_step
+    m = TrigramMatrix(100, top_k=4)
+    m.update([5, 6, 7, 8, 9] * 30)
+    cfg = DraftConfig(max_nodes=16)
+    sure = ReachCalibrator()
+    for _ in range(50):                       # the matrix has been right every time
+        full, _ = draft_step(m, [5, 6], cfg, ReachCalibrator(), FLAT, 16, 4)
+        sure.observe(full, [7, 8, 9, 5])
+    full, tree = draft_step(m, [5, 6], cfg, sure, STEPPED, 16, 4)
+    assert len(full) > 1 and len(tree) >= 1 and tree.tokens[0] == 7
+    never = ReachCalibrator()
+    for _ in range(50):                       # ... or wrong every time
+        never.observe(full, [1, 1, 1, 1])
+    full, tree = draft_step(m, [5, 6], cfg, never, STEPPED, 16, 4)
+    assert len(full) == 1 and len(tree) == 0  # only the probe, nothing verified
+    full, tree = draft_step(m, [5, 6], cfg.replace(budget="fixed"), never, STEPPED, 16, 4)
+    assert len(tree) == len(full) > 1         # a fixed budget always searches
+    full, tree = draft_step(m, [50, 51], cfg, sure, FLAT, 16, 4)
+    assert len(full) == len(tree) == 0        # unknown context: nothing to draft
+
+
+def test_min_gain_keeps_marginal_trees_out():
+    q = q_chain(0.9, 0.8)
+    cm = CostModel([1, 2, 3], [0.010, 0.0175, 0.025])
+    assert best_size(q, cm) == 1                     # 1.9 / 0.0175 = 109/s (2 nodes: 108/s) against 100/s
+    assert best_size(q, cm, min_gain=0.1) == 0       # a 9% gain is within the calibration's error
+    from aded_edge.budget import pay_threshold
+    assert pay_threshold(cm, 2, 0.1) > pay_threshold(cm, 2, 0.0)

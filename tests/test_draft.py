@@ -128,3 +128,19 @@ def test_chain_first_puts_the_first_chain_in_front_and_stays_a_tree(seed):
         j += 1
     assert j >= 1 and (j - 1) not in t.parents.tolist()  # the chain runs until a node without children
     assert sorted(zip(t.tokens.tolist(), t.depth.tolist())) == sorted(zip(tree.tokens.tolist(), tree.depth.tolist()))
+
+
+def test_nodes_know_whether_their_path_was_seen_in_this_context():
+    from aded_edge.trigram import count_static
+    m = TrigramMatrix(50, top_k=4)
+    m.set_static(*count_static([[1, 2, 9, 8, 7] * 5], 50, top_k=4))   # the corpus says 1 2 -> 9 -> 8
+    m.update([1, 2, 3, 4, 5])                                          # this context says 1 2 -> 3 -> 4
+    tree = build_draft(m, [1, 2], DraftConfig(max_nodes=16))
+    path = {}
+    for i in range(len(tree)):
+        p = tree.parents[i]
+        path[i] = (path[p] if p >= 0 else ()) + (int(tree.tokens[i]),)
+    seen = {path[i]: bool(tree.seen[i]) for i in range(len(tree))}
+    assert seen[(3,)] and seen[(3, 4)]
+    assert not seen[(9,)] and not seen.get((9, 8), False)
+    assert len(tree.head(3).seen) == 3 and tree.take(np.arange(len(tree))).seen.tolist() == tree.seen.tolist()

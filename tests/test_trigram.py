@@ -91,9 +91,12 @@ def test_successors_fall_back_to_bigram_and_merge_static():
     assert toks.tolist() == [3] and np.allclose(probs, [1.0])
     keys, ptr, succ, prob = count_static([[1, 2, 9, 1, 2, 9, 1, 2, 3]], 10, top_k=4)
     m.set_static(keys, ptr, succ, prob)
-    toks, probs = m.successors(1, 2)          # adaptive 3: 1.0 (+1/3 static); static 9: 2/3
+    toks, probs = m.successors(1, 2)          # adaptive 3: 1.0 x CONTEXT_WEIGHT (+1/3 static); static 9: 2/3
+    from aded_edge.trigram import CONTEXT_WEIGHT
     assert toks.tolist() == [3, 9]
-    assert np.allclose(probs, np.array([1 + 1 / 3, 2 / 3]) / 2)
+    assert np.allclose(probs, np.array([CONTEXT_WEIGHT + 1 / 3, 2 / 3]) / (CONTEXT_WEIGHT + 1))
+    toks, probs, seen = m.successors(1, 2, seen=True)
+    assert seen.tolist() == [True, False]     # 3 was seen after (1, 2) in this context, 9 only in the corpus
     assert probs.sum() == pytest.approx(1.0)
 
 
@@ -187,3 +190,34 @@ def test_load_refuses_foreign_corrupt_and_truncated_files(tmp_path):
             out.writestr(name, blob)
     with pytest.raises(MatrixFileError, match="inconsistent"):
         TrigramMatrix.load(tmp_path / "bad.npz")
+
+
+def test_save_parts_separately_and_keep_the_heaviest_rows(tmp_path, monkeypatch):
+    import aded_edge.trigram as trigram
+    rng = np.random.default_rng(5)
+    m = TrigramMatrix(200, fingerprint="f", top_k=4)
+    m.update([1, 2, 3] * 40 + rng.integers(0, 200, 500).tolist())   # (1, 2) -> 3 is by far the heaviest
+    m.set_static(*count_static([rng.integers(0, 200, 500).tolist()], 200, top_k=4))
+    m.save(tmp_path / "s.npz", part="static", corpus="test")
+    m.save(tmp_path / "a.npz", part="adaptive")
+    s, a = TrigramMatrix.load(tmp_path / "s.npz"), TrigramMatrix.load(tmp_path / "a.npz")
+    assert s.adaptive_rows == 0 and s.static_rows == m.static_rows
+    assert a.static_rows == 0 and a.adaptive_rows == m.adaptive_rows
+    assert TrigramMatrix.read_meta(tmp_path / "s.npz")["corpus"] == "test"
+    monkeypatch.setattr(trigram, "MAX_SAVED_ROWS", 10)
+    m.save(tmp_path / "small.npz", part="adaptive")
+    small = TrigramMatrix.load(tmp_path / "small.npz")
+    assert small.adaptive_rows == 10
+    assert small.successors(1, 2)[0].tolist() == [3]
+    with pytest.raises(ValueError):
+        m.save(tmp_path / "x.npz", part="nope")
+
+
+def test_other_format_versions_are_refused_with_a_way_out(tmp_path, monkeypatch):
+    import aded_edge.trigram as trigram
+    m = TrigramMatrix(50)
+    monkeypatch.setattr(trigram, "FORMAT_VERSION", 1)
+    m.save(tmp_path / "old.npz")
+    monkeypatch.undo()
+    with pytest.raises(MatrixFileError, match="version 1.*rebuild"):
+        TrigramMatrix.load(tmp_path / "old.npz")

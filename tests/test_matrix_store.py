@@ -1,0 +1,93 @@
+"""The per-model matrix store on a real model: the corpus matrix is picked up, the adaptive
+matrix persists between runs (warm start), and a damaged file never stops generation."""
+import pytest
+
+from aded_edge import store
+from aded_edge.trigram import MatrixFileError, TrigramMatrix
+
+from conftest import N_CTX, THREADS
+
+PROMPT = "<|im_start|>user\nList the days of the week.<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _llm(model_path, **kw):
+    from aded_edge.llama import AdedLlama
+    return AdedLlama(model_path, n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS, verbose=False,
+                     calibrate=False, **kw)
+
+
+def _generate(llm, n=32):
+    out = []
+    for tok in llm.generate(llm.tokenize(PROMPT.encode(), add_bos=False, special=True), temp=0.0):
+        out.append(tok)
+        if len(out) == n:
+            break
+    return out
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADED_EDGE_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def test_adaptive_matrix_persists_between_runs(model_path, cache):
+    first = _llm(model_path)
+    want = _generate(first)
+    paths = store.paths(first.vocab_fingerprint())
+    assert not paths.adaptive.exists()
+    rows = first.matrix.adaptive_rows
+    first.close()                                   # saved atomically on close
+    assert paths.adaptive.exists() and not list(paths.folder.glob("*.tmp"))
+    second = _llm(model_path)
+    assert second.matrix.adaptive_rows == rows and any("warm start" in n for n in second.matrix_notes)
+    assert _generate(second) == want                # the warm start changes drafts, never output
+    second.close()
+    cold = _llm(model_path, persist=False)
+    assert cold.matrix.adaptive_rows == 0
+    cold.close()
+
+
+def test_corpus_matrix_of_the_model_is_used_and_foreign_ones_refused(model_path, cache, corpus_matrix):
+    llm = _llm(model_path, persist=False)
+    paths = store.paths(llm.vocab_fingerprint())
+    corpus_matrix.save(paths.corpus, part="static", sources={"python-stdlib": 300000})
+    with_corpus = _llm(model_path, persist=False)
+    assert with_corpus.matrix.static_rows == corpus_matrix.static_rows > 0
+    assert _llm(model_path, persist=False, corpus=False).matrix.static_rows == 0
+    TrigramMatrix(llm.n_vocab() + 1, fingerprint="other").save(paths.corpus, part="static")
+    with pytest.raises(MatrixFileError, match="another model"):
+        _llm(model_path, persist=False)
+
+
+def test_damaged_warm_start_file_is_reported_and_ignored(model_path, cache):
+    llm = _llm(model_path)
+    want = _generate(llm)
+    paths = store.paths(llm.vocab_fingerprint())
+    paths.adaptive.parent.mkdir(parents=True, exist_ok=True)
+    paths.adaptive.write_bytes(b"PK\x03\x04 truncated")
+    again = _llm(model_path)
+    assert any("ignored" in n and "matrix reset" in n for n in again.matrix_notes)
+    assert again.matrix.adaptive_rows == 0
+    assert _generate(again) == want
+    again.close()                                   # replaced by a good file
+    assert TrigramMatrix.load(paths.adaptive).adaptive_rows > 0
+
+
+def test_a_disturbed_cost_calibration_is_used_but_never_cached(model_path, cache, monkeypatch):
+    llm = _llm(model_path, persist=False)
+    calls = []
+
+    def fake(spread):
+        def measure():
+            calls.append(spread)
+            return [1, 2, 4], [0.010, 0.015, 0.025], spread
+        return measure
+    monkeypatch.setattr(llm, "measure_costs", fake(0.6))      # repeats 60% apart: another process ran
+    assert llm._cost_curve()(2) == pytest.approx(0.015)
+    assert calls == [0.6, 0.6] and not list(cache.glob("costs/*.json"))   # measured twice, kept for now only
+    monkeypatch.setattr(llm, "measure_costs", fake(0.05))
+    llm._cost_curve()
+    assert len(list(cache.glob("costs/*.json"))) == 1         # a clean calibration is cached ...
+    monkeypatch.setattr(llm, "measure_costs", fake(0.9))
+    assert llm._cost_curve()(2) == pytest.approx(0.015) and calls[-1] == 0.05   # ... and reused
