@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(BACKEND)
 DEFAULT_MODEL := smollm2-135m-instruct
 
-.PHONY: install demo test bench simulate clean
+.PHONY: install demo test bench clean
 
 install: $(STAMP)
 
@@ -28,8 +28,13 @@ test: install
 	$(BIN)/aded-edge models pull $(DEFAULT_MODEL)
 	$(BIN)/python -m pytest -q
 
+# the default model's corpus matrix (ShareGPT + Python stdlib, ~2 minutes once), then the bench;
+# llama.cpp's own tools join the comparison after `make peers`
 bench: install
-	$(BIN)/aded-edge bench
+	$(BIN)/pip install --quiet matplotlib
+	$(BIN)/aded-edge models pull $(DEFAULT_MODEL)
+	$(BIN)/aded-edge matrix build -m $(DEFAULT_MODEL) --corpus sharegpt --corpus python-stdlib --if-missing
+	$(BIN)/aded-edge bench -m $(DEFAULT_MODEL)
 
 clean:
 	rm -rf $(VENV) native/build

@@ -127,16 +127,18 @@ def summarise(rows: list[dict]) -> list[dict]:
                         tok_s=float(np.mean([r["decode_tok_s"] for r in rs])),
                         tokens_per_step=float(np.mean([r["tokens_per_step"] for r in rs])),
                         draft_ms=float(np.mean([r["draft_ms_per_step"] for r in rs])),
+                        verify_ms=float(np.mean([r["verify_ms_per_step"] for r in rs])),
                         identical=sum(r["identical"] for r in rs)))
     return out
 
 
 def markdown_table(summary: list[dict]) -> str:
-    lines = ["| workload | system | prompts | speedup (geo) | worst prompt | decode tok/s | tokens/step | draft ms/step | identical to plain |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| workload | system | prompts | speedup (geo) | worst prompt | decode tok/s | tokens/step | draft ms/step | verify ms/step | identical to plain |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         lines.append(f"| {s['workload']} | {s['system']} | {s['prompts']} | {s['speedup']:.2f}x | {s['min_speedup']:.2f}x | "
-                     f"{s['tok_s']:.1f} | {s['tokens_per_step']:.2f} | {s['draft_ms']:.2f} | {s['identical']}/{s['prompts']} |")
+                     f"{s['tok_s']:.1f} | {s['tokens_per_step']:.2f} | {s['draft_ms']:.2f} | {s['verify_ms']:.2f} | "
+                     f"{s['identical']}/{s['prompts']} |")
     return "\n".join(lines)
 
 
@@ -189,7 +191,8 @@ class PeerTool:
     def run(self, prompt_text: str, max_tokens: int) -> Timed:
         from . import peers
         r = peers.run_peer(self.tool, self.path, prompt_text, max_tokens, self.common["n_threads"],
-                           self.common["n_ctx"], draft_model=self.draft_model)
+                           self.common["n_ctx"], draft_model=self.draft_model,
+                           n_gpu_layers=self.common.get("n_gpu_layers"))
         return Timed([], 0.0, r["wall_s"], dict(tokens_per_step=r.get("tokens_per_step", float("nan"))),
                      text=r.get("text"), tool_tok_s=r["decode_tok_s"])
 

@@ -25,6 +25,7 @@ PRIOR_TRUST = 0.5        # initial belief: a node is reached half as often as th
 COST_EMA = 0.05          # weight of one step's timing in the online cost scale
 OVERHEAD_EMA = 0.1       # weight of one step in the per-step overhead estimate
 TABLE_SIZE = 258         # batch sizes 0..257 kept as a lookup table (a tree has at most 255 nodes)
+TABLE_REFRESH = 8        # steps between rebuilds of that table from the corrected curve
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -115,7 +116,9 @@ class CostModel:
         self.seconds = np.maximum.accumulate(seconds)  # a batch never costs less than a smaller one
         self.scale = 1.0          # online correction (KV growth, thermal state, other load)
         self.overhead = 0.0       # seconds per step outside llama_decode (draft, accept, bookkeeping)
-        self._table = None        # c(0..TABLE_SIZE-1), rebuilt after the curve or scale changes
+        self._table = None        # c(0..TABLE_SIZE-1), rebuilt every TABLE_REFRESH observations
+        self._index = {int(n): i for i, n in enumerate(sizes)}  # size -> point on the curve
+        self._pending = 0         # observations since the table was rebuilt
 
     @property
     def table(self) -> np.ndarray:
@@ -140,15 +143,17 @@ class CostModel:
         """Learn from one real step: a size on the curve moves its own point (a calibration made
         under other load is corrected where it matters); other sizes move the global scale."""
         self.overhead += OVERHEAD_EMA * (max(overhead, 0.0) - self.overhead)
-        hit = np.flatnonzero(self.sizes == n)
-        if hit.size:
-            i = int(hit[0])
+        i = self._index.get(int(n))
+        if i is not None:
             self.seconds[i] += COST_EMA * (seconds / self.scale - self.seconds[i])
-            self.seconds = np.maximum.accumulate(self.seconds)
         else:
             ratio = seconds / float(self.base(n))
             self.scale += COST_EMA * (min(max(ratio, 0.2), 5.0) - self.scale)
-        self._table = None
+        self._pending += 1
+        if self._pending >= TABLE_REFRESH:  # rebuilt in batches: the step loop stays cheap
+            self.seconds = np.maximum.accumulate(self.seconds)
+            self._table = None
+            self._pending = 0
 
 
 class ReachCalibrator:

@@ -619,9 +619,11 @@ def matrix_reset(model, everything):
 @click.option("--prompts", "per_workload", type=click.IntRange(1, 164), default=3, show_default=True,
               help="Prompts per workload.")
 @click.option("-n", "--max-tokens", type=click.IntRange(2, 4096), default=128, show_default=True)
-@click.option("--systems", default="plain,aded,aded-nocorpus,prompt-lookup,reference", show_default=True,
+@click.option("--systems", default="plain,aded,aded-nocorpus,prompt-lookup,reference,llama-completion,llama-lookup,"
+              "llama-speculative", show_default=True,
               help="Comma-separated: plain, aded, aded-nocorpus, aded-fixed, prompt-lookup, reference (the ADED "
-                   "authors' drafter) and, after `make peers`, llama-lookup, llama-speculative. Plain always runs.")
+                   "authors' drafter) and, after `make peers`, llama-completion, llama-lookup, llama-speculative. "
+                   "Plain always runs; a system that cannot run here is reported as skipped.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prompt selection.")
 @click.option("-t", "--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads (default: all cores).")
 @click.option("-c", "--n-ctx", type=click.IntRange(256, 1 << 20), default=4096, show_default=True)

@@ -191,12 +191,12 @@ def build_draft(matrix: TrigramMatrix, context, config: DraftConfig, max_nodes: 
 def top_successor(matrix: TrigramMatrix, context) -> DraftTree:
     """A one-node tree: the matrix's most likely next token after context (empty when the
     matrix knows nothing about it). A cheap probe before deciding whether to search at all."""
-    a = int(context[-2]) if len(context) >= 2 else -1
-    tokens, probs, seen = matrix.successors(a, int(context[-1]), top_k=1, seen=True)
-    if tokens.size == 0:
+    best = matrix.top1(int(context[-2]) if len(context) >= 2 else -1, int(context[-1]))
+    if best is None:
         return DraftTree.empty()
     one = np.ones(1, np.int32)
-    return DraftTree(tokens.astype(np.int32), np.full(1, -1, np.int32), one, probs.astype(np.float32), one, seen)
+    return DraftTree(np.array([best[0]], np.int32), np.full(1, -1, np.int32), one, np.array([best[1]], np.float32),
+                     one, np.array([best[2]]))
 
 
 @njit(cache=True)

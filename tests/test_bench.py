@@ -13,14 +13,14 @@ def test_geomean_and_summary_maths():
     assert geomean([2.0, 2.0, 2.0]) == pytest.approx(2.0)
     assert math.isnan(geomean([]))
     rows = [dict(workload="w", system="s", speedup=x, decode_tok_s=10 * x, tokens_per_step=1.5, draft_ms_per_step=0.1,
-                 identical=True) for x in (0.5, 2.0)]
+                 verify_ms_per_step=20.0, identical=True) for x in (0.5, 2.0)]
     rows.append(dict(workload="w", system="t", speedup=1.0, decode_tok_s=10, tokens_per_step=1.0, draft_ms_per_step=0,
-                     identical=False))
+                     verify_ms_per_step=10.0, identical=False))
     summary = summarise(rows)
     s = next(x for x in summary if x["system"] == "s")
     assert s["speedup"] == pytest.approx(1.0) and s["min_speedup"] == 0.5 and s["identical"] == 2
     table = markdown_table(summary)
-    assert "| w | s | 2 | 1.00x | 0.50x |" in table and "| w | t | 1 | 1.00x | 1.00x | 10.0 | 1.00 | 0.00 | 0/1 |" in table
+    assert "| w | s | 2 | 1.00x | 0.50x |" in table and "| w | t | 1 | 1.00x | 1.00x | 10.0 | 1.00 | 0.00 | 10.00 | 0/1 |" in table
 
 
 def test_interleaving_alternates_order():
