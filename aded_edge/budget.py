@@ -26,6 +26,7 @@ COST_EMA = 0.05          # weight of one step's timing in the online cost scale
 OVERHEAD_EMA = 0.1       # weight of one step in the per-step overhead estimate
 TABLE_SIZE = 258         # batch sizes 0..257 kept as a lookup table (a tree has at most 255 nodes)
 TABLE_REFRESH = 8        # steps between rebuilds of that table from the corrected curve
+MIN_SEEN = 8             # real steps at a point of the curve before it stops following size 1
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -102,6 +103,13 @@ def _pay_threshold(table, overhead, max_k, min_gain):
 # ----------------------------------------------------------------------------- wrappers
 
 
+def _plausible(sizes, seconds):
+    """A batch never costs less than a smaller one, nor more than decoding its tokens one by one
+    (a point measured while the machine was busy, or not yet corrected online, is clamped)."""
+    seconds = np.minimum(np.maximum.accumulate(seconds), sizes * seconds[0])
+    return np.maximum.accumulate(seconds)
+
+
 class CostModel:
     """c(n): seconds for one llama_decode of n tokens, from a calibration curve and an online scale."""
 
@@ -113,7 +121,9 @@ class CostModel:
         if np.any(np.diff(sizes) <= 0) or np.any(seconds <= 0):
             raise ValueError("cost curve sizes must increase and seconds be positive")
         self.sizes = sizes
-        self.seconds = np.maximum.accumulate(seconds)  # a batch never costs less than a smaller one
+        self.seconds = _plausible(sizes, seconds)
+        self._calibrated = self.seconds.copy()   # the curve as measured at load
+        self._seen = np.zeros(sizes.size, np.int64)  # real steps observed at each point
         self.scale = 1.0          # online correction (KV growth, thermal state, other load)
         self.overhead = 0.0       # seconds per step outside llama_decode (draft, accept, bookkeeping)
         self._table = None        # c(0..TABLE_SIZE-1), rebuilt every TABLE_REFRESH observations
@@ -146,12 +156,17 @@ class CostModel:
         i = self._index.get(int(n))
         if i is not None:
             self.seconds[i] += COST_EMA * (seconds / self.scale - self.seconds[i])
+            self._seen[i] += 1
         else:
             ratio = seconds / float(self.base(n))
             self.scale += COST_EMA * (min(max(ratio, 0.2), 5.0) - self.scale)
         self._pending += 1
         if self._pending >= TABLE_REFRESH:  # rebuilt in batches: the step loop stays cheap
-            self.seconds = np.maximum.accumulate(self.seconds)
+            # points no real step has confirmed yet follow size 1: a calibration taken while the
+            # machine was slower or faster keeps its shape and takes the level seen now
+            rare = self._seen < MIN_SEEN
+            self.seconds[rare] = self._calibrated[rare] * (self.seconds[0] / self._calibrated[0])
+            self.seconds = _plausible(self.sizes, self.seconds)
             self._table = None
             self._pending = 0
 

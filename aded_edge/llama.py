@@ -229,23 +229,26 @@ class AdedLlama(llama_cpp.Llama):
         llama_cpp.llama_memory_clear(mem, True)
         self.n_tokens = 0
         self.eval(filler[:prefix])
-        out, spreads = [], []
-        for n in [sizes[0]] + sizes:  # the first size twice: warm-up
+        def timed(n: int) -> float:
             chain = DraftTree(np.array(filler[prefix + 1:prefix + n], np.int32), np.arange(-1, n - 2, dtype=np.int32),
                               np.arange(1, n, dtype=np.int32), np.ones(n - 1, np.float32), np.ones(n - 1, np.int32))
-            times = []
-            for _ in range(repeats):
-                self._tree_batch.fill([filler[prefix]], chain, prefix)
-                t = time.perf_counter()
-                self._decode(self._tree_batch.batch)
-                times.append(time.perf_counter() - t)
-                llama_cpp.llama_memory_seq_rm(mem, -1, prefix, -1)
-            out.append(float(np.median(times)))
-            spreads.append((max(times) - min(times)) / out[-1])
+            self._tree_batch.fill([filler[prefix]], chain, prefix)
+            t = time.perf_counter()
+            self._decode(self._tree_batch.batch)
+            dt = time.perf_counter() - t
+            llama_cpp.llama_memory_seq_rm(mem, -1, prefix, -1)
+            return dt
+
+        timed(sizes[0])  # warm-up
+        # rounds over all sizes, not repeats of one size in a row: a load that comes and goes
+        # during the calibration then shows as spread instead of bending the curve's shape
+        times = np.array([[timed(n) for n in sizes] for _ in range(repeats)])
+        out = np.median(times, axis=0)
+        spread = float(np.median((times.max(axis=0) - times.min(axis=0)) / out))
         llama_cpp.llama_memory_clear(mem, True)
         self.n_tokens = 0
         self._requires_eval = True
-        return sizes, out[1:], float(np.median(spreads[1:]))
+        return sizes, [float(x) for x in out], spread
 
     def _decode(self, batch) -> None:
         rc = llama_cpp.llama_decode(self._ctx.ctx, batch)
@@ -323,9 +326,9 @@ class AdedLlama(llama_cpp.Llama):
             if room < 0:
                 return
             t0 = time.perf_counter()
-            # draft: MCTS tree, calibrated reach probabilities, the prefix of it that pays
-            full, tree = draft_step(matrix, history, cfg, calibrator, cost, max_nodes=min(room, self._max_nodes -
-                                    len(pending) + 1), max_depth=room, drafter=self.drafter)
+            # draft: MCTS tree, calibrated reach probabilities, the prefix of it that pays (maybe none)
+            max_nodes = min(room, self._max_nodes - len(pending) + 1)
+            full, tree = draft_step(matrix, history, cfg, calibrator, cost, max_nodes, room, self.drafter)
             k = len(tree)
             tree = chain_first(tree)
             t1 = time.perf_counter()

@@ -144,3 +144,22 @@ def test_min_gain_keeps_marginal_trees_out():
     assert best_size(q, cm, min_gain=0.1) == 0       # a 9% gain is within the calibration's error
     from aded_edge.budget import pay_threshold
     assert pay_threshold(cm, 2, 0.1) > pay_threshold(cm, 2, 0.0)
+
+
+def test_cost_curve_never_exceeds_one_by_one_decoding():
+    # calibrated while the machine was busy: size 1 was later corrected online to 10 ms, and the
+    # stale larger points may not claim that a batch costs more than its tokens one at a time
+    cm = CostModel([1, 2, 4], [0.030, 0.100, 0.150])
+    assert cm(2) == pytest.approx(0.060) and cm(4) == pytest.approx(0.120)
+    for _ in range(400):
+        cm.observe(1, 0.010, 0.0)
+    assert cm(1) == pytest.approx(0.010, rel=0.02)
+    assert cm(2) <= 0.0201 and cm(4) <= 0.0401
+
+
+def test_unconfirmed_points_keep_the_calibrated_shape_at_the_level_seen_now():
+    cm = CostModel([1, 2, 4], [0.030, 0.045, 0.075])   # calibrated while everything ran 3x slower
+    for _ in range(400):
+        cm.observe(1, 0.010, 0.0)
+    assert cm(1) == pytest.approx(0.010, rel=0.02)
+    assert cm(2) == pytest.approx(0.015, rel=0.03) and cm(4) == pytest.approx(0.025, rel=0.03)

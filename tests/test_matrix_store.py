@@ -91,3 +91,11 @@ def test_a_disturbed_cost_calibration_is_used_but_never_cached(model_path, cache
     assert len(list(cache.glob("costs/*.json"))) == 1         # a clean calibration is cached ...
     monkeypatch.setattr(llm, "measure_costs", fake(0.9))
     assert llm._cost_curve()(2) == pytest.approx(0.015) and calls[-1] == 0.05   # ... and reused
+
+
+def test_cost_calibration_measures_every_size_in_rounds(model_path, cache):
+    llm = _llm(model_path, persist=False)
+    sizes, seconds, spread = llm.measure_costs(sizes=[1, 2, 4, 1000], repeats=2)
+    assert sizes == [1, 2, 4]                       # sizes above the largest tree + 1 are left out
+    assert len(seconds) == 3 and all(s > 0 for s in seconds) and spread >= 0
+    assert llm.kv_positions() == 0                  # the calibration leaves an empty cache behind
