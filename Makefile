@@ -11,7 +11,7 @@ DEFAULT_MODEL := smollm2-135m-instruct
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml native/build.sh
+$(STAMP): pyproject.toml native/build.sh native/flags.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet numpy numba click

@@ -12,17 +12,8 @@ backend=${2:-cpu}
 version=0.3.36   # keep equal to the pin in pyproject.toml
 here=$(cd "$(dirname "$0")" && pwd)
 
-common="-DLLAVA_BUILD=OFF -DLLAMA_CURL=OFF"
-case "$backend" in
-  # LLAMAFILE off: its sgemm kernels make a position's logits depend on how many tokens share
-  # the batch; ggml's own CPU kernels do not, so tree verification matches one-token decoding
-  # exactly (measured: 0 of 10 prompts differ, against 10 of 10 with LLAMAFILE on).
-  cpu)   flags="$common -DGGML_LLAMAFILE=OFF" ;;
-  metal) flags="$common -DGGML_METAL=on" ;;
-  cuda)  flags="$common -DGGML_CUDA=on${CUDA_ARCH:+ -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH}" ;;
-  *) echo "native/build.sh: unknown backend '$backend' (cpu, metal or cuda)" >&2; exit 2 ;;
-esac
-flags="$flags ${ADED_CMAKE_ARGS:-}"
+. "$here/flags.sh"
+flags="-DLLAVA_BUILD=OFF $(backend_flags "$backend")" || exit 2
 key=$(printf '%s %s' "$version" "$flags" | sha1sum | cut -c1-12)
 wheels="$here/build/wheels-$backend-$key"
 

@@ -23,16 +23,10 @@ case "${1:-}" in
 esac
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 
-# Same backend flags as native/build.sh (LLAVA_BUILD is llama-cpp-python's own option, not
-# llama.cpp's). Tests, server, the unified app binary and HTTPS are not needed for these tools.
-common="-DLLAMA_CURL=OFF"
-case "$backend" in
-  cpu)   flags="$common -DGGML_LLAMAFILE=OFF" ;;
-  metal) flags="$common -DGGML_METAL=on" ;;
-  cuda)  flags="$common -DGGML_CUDA=on${CUDA_ARCH:+ -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH}" ;;
-  *) echo "native/peers.sh: unknown backend '$backend' (cpu, metal or cuda)" >&2; exit 2 ;;
-esac
-flags="$flags ${ADED_CMAKE_ARGS:-}"
+# The backend flags of native/build.sh (native/flags.sh), without llama-cpp-python's own
+# LLAVA_BUILD. Tests, server, the unified app binary and HTTPS are not needed for these tools.
+. "$here/flags.sh"
+flags=$(backend_flags "$backend") || exit 2
 layout="-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_COMMON=ON \
 -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_TESTS=OFF \
 -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF"

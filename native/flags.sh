@@ -1,0 +1,16 @@
+# The llama.cpp CMake flags of each backend, shared by native/build.sh (llama-cpp-python) and
+# native/peers.sh (llama.cpp's own tools), so both are always built alike. Source it, then:
+#   backend_flags cpu|metal|cuda      -> prints the flags (plus $ADED_CMAKE_ARGS), exit 2 if unknown
+backend_flags() {
+  local flags
+  case "$1" in
+    # LLAMAFILE off: its sgemm kernels make a position's logits depend on how many tokens share
+    # the batch; ggml's own CPU kernels do not (for Q4_0/Q4_1 weights; K-quants still differ
+    # slightly), so tree verification matches one-token decoding (see README, Exactness).
+    cpu)   flags="-DLLAMA_CURL=OFF -DGGML_LLAMAFILE=OFF" ;;
+    metal) flags="-DLLAMA_CURL=OFF -DGGML_METAL=on" ;;
+    cuda)  flags="-DLLAMA_CURL=OFF -DGGML_CUDA=on${CUDA_ARCH:+ -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH}" ;;
+    *) echo "unknown backend '$1' (cpu, metal or cuda)" >&2; return 2 ;;
+  esac
+  echo "$flags ${ADED_CMAKE_ARGS:-}"
+}
