@@ -202,18 +202,35 @@ def chat_loop(llm, sampling: dict, *, system: str | None = None, read_line=None,
             answered = True
             write("\n")
             _stats(llm, err)
-        except KeyboardInterrupt:
-            if not answered:
-                _abandon(llm, stream, history, n)
-                write("\n")
-                err("[interrupted: this turn is left out of the conversation]")
-                _stats(llm, err)
-        except (ValueError, RuntimeError) as e:  # the conversation outgrew the context, and the like
+        except (KeyboardInterrupt, Exception) as e:
+            if not (isinstance(e, KeyboardInterrupt) or _caused_by_interrupt(e)
+                    or isinstance(e, (ValueError, RuntimeError))):
+                raise
+            if isinstance(e, KeyboardInterrupt) or _caused_by_interrupt(e):
+                if not answered:
+                    _abandon(llm, stream, history, n)
+                    write("\n")
+                    err("[interrupted: this turn is left out of the conversation]")
+                    _stats(llm, err)
+                continue
+            # the conversation outgrew the context, and the like
             _abandon(llm, stream, history, n)
             if pieces:
                 write("\n")
             msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
             err(f"aded-edge: error: {msg}" + ("; /reset starts a new conversation" if "context" in msg else ""))
+
+
+def _caused_by_interrupt(e: BaseException) -> bool:
+    """A Ctrl-C that arrived inside native or JIT code can surface wrapped in another exception
+    (e.g. SystemError from Numba's loader); it is still the user's Ctrl-C."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _stats(llm, err) -> None:

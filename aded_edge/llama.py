@@ -25,7 +25,7 @@ from . import models, store
 from .accept import Sampling, make_chooser, walk_tree
 from .budget import CostModel, ReachCalibrator, draft_step
 from .config import DraftConfig
-from .draft import DraftTree, build_draft, chain_first, tree_layout
+from .draft import DraftTree, chain_first, tree_layout
 from .gguf import read_gguf
 from .stats import DecodeStats
 from .trigram import MatrixFileError, TrigramMatrix
@@ -99,9 +99,22 @@ class AdedLlama(llama_cpp.Llama):
             self._open_tree_context(max(self._max_nodes, 1))
             if calibrate:
                 self.cost = self._cost_curve()
-            build_draft(self.matrix, [0, 0], self.draft_config)  # JIT compile (or load) the kernels now
+            self._warm_up()
 
     # ------------------------------------------------------------------ set-up
+    def _warm_up(self) -> None:
+        """Compile (or load from Numba's cache) every kernel of a step now, on a scratch matrix:
+        not during the first answer, where a Ctrl-C could land inside Numba's loader."""
+        scratch = TrigramMatrix(self.matrix.n_vocab, top_k=self.matrix.top_k)
+        scratch.update([0, 1, 0, 1, 0, 1])
+        calibrator, cost = ReachCalibrator(), CostModel([1, 2], [1.0, 1.0])
+        for budget in ("fixed", "auto"):
+            full, tree = draft_step(scratch, [0, 1], self.draft_config.replace(budget=budget, max_nodes=4),
+                                    calibrator, cost, 4, 2)
+            calibrator.observe(full, [0, 1])
+        tree = chain_first(full)
+        tree_layout(tree, np.zeros((len(tree) + 1, len(tree) + 1), np.int32), np.zeros(len(tree) + 1, np.int32))
+
     def _unsupported_model(self, kwargs) -> str:
         if self._is_recurrent or self._is_hybrid:
             return "recurrent/hybrid model (its cache cannot drop rejected drafts)"

@@ -307,6 +307,10 @@ def test_interactive_chat_on_a_terminal(model_path):
     pty = pytest.importorskip("pty")
     pid, fd = pty.fork()
     if pid == 0:  # the child: the command line on the terminal
+        import signal
+        # a shell running this suite in the background starts it with SIGINT ignored, which Python
+        # (and so the program) would inherit; a user's terminal never does
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execv(sys.executable, [sys.executable, "-m", "aded_edge.cli", "run", model_path, "--chat", "-n", "-1",
                                   "-t", "2"])
     seen = bytearray()
