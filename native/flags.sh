@@ -12,5 +12,12 @@ backend_flags() {
     cuda)  flags="-DLLAMA_CURL=OFF -DGGML_CUDA=on${CUDA_ARCH:+ -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH}" ;;
     *) echo "unknown backend '$1' (cpu, metal or cuda)" >&2; return 2 ;;
   esac
+  # x86: ggml's AMX matmul (which -march=native turns on for Sapphire Rapids and newer Xeons)
+  # segfaults on the first batch of more than one token on such machines (seen here with
+  # llama-cpp-python 0.3.36 on an AMX_INT8 Xeon; llama.cpp issue #20824). Without AMX the
+  # AVX-512 kernels run the same weights.
+  case "$1:$(uname -m)" in
+    cpu:x86_64|cuda:x86_64) flags="$flags -DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8" ;;
+  esac
   echo "$flags ${ADED_CMAKE_ARGS:-}"
 }
