@@ -274,9 +274,10 @@ class Skipped(Exception):
     """A system that cannot run on this setup (the reason is reported, the bench goes on)."""
 
 
-def make_system(name: str, path: str, common: dict):
+def make_system(name: str, path: str, common: dict, vocab: tuple[str, int] | None = None):
     """A decoder for a system name; all share the llama.cpp build and settings in `common`.
-    aded variants never read or write the user's persisted adaptive matrix (reproducible runs)."""
+    aded variants never read or write the user's persisted adaptive matrix (reproducible runs).
+    `vocab`: the model's (vocabulary fingerprint, size), when a decoder of it is already loaded."""
     from .config import DraftConfig
     from .llama import AdedLlama, prompt_lookup_llama
     if name == "plain":
@@ -290,7 +291,7 @@ def make_system(name: str, path: str, common: dict):
     if name == "prompt-lookup":   # llama-cpp-python's own, its recommended CPU setting (2 tokens)
         return prompt_lookup_llama(path, num_pred_tokens=2 if common.get("n_gpu_layers", 0) == 0 else 10, **common)
     if name == "reference":       # the ADED authors' drafter on the same corpus, same verifier and budget
-        return AdedLlama(path, persist=False, corpus=False, drafter=_reference_drafter(path), **common)
+        return AdedLlama(path, persist=False, corpus=False, drafter=_reference_drafter(path, vocab), **common)
     if name in ("llama-completion", "llama-lookup"):  # llama.cpp's own programs: plain, prompt lookup
         return PeerTool(name, path, common)
     if name == "llama-speculative":  # llama.cpp's draft-model speculation (Qwen 0.5B drafting for 1.5B)
@@ -302,27 +303,35 @@ def make_system(name: str, path: str, common: dict):
     raise ValueError(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
 
 
-def _reference_drafter(path: str):
+def _vocab(path: str) -> tuple[str, int]:
+    from .llama import Tokenizer
+    tok = Tokenizer(path)
+    try:
+        return tok.fingerprint(), tok.n_vocab
+    finally:
+        tok.close()
+
+
+def _reference_drafter(path: str, vocab: tuple[str, int] | None = None):
     from . import store
     from .corpus import load_streams
-    from .llama import Tokenizer
     from .reference import ReferenceDrafter
-    tok = Tokenizer(path)
-    where = store.paths(tok.fingerprint())
+    fingerprint, n_vocab = vocab or _vocab(path)
+    where = store.paths(fingerprint)
     if not where.tokens.exists():
         raise Skipped("no corpus built for this model (aded-edge matrix build)")
     try:
-        return ReferenceDrafter(load_streams(where.tokens), tok.n_vocab, where.folder / "reference")
+        return ReferenceDrafter(load_streams(where.tokens), n_vocab, where.folder / "reference")
     except ImportError as e:
         raise Skipped(str(e).splitlines()[0]) from None
 
 
-def corpus_info(path: str) -> dict:
-    """What the aded system drafts from: the model's corpus matrix, if one was built."""
+def corpus_info(fingerprint: str) -> dict:
+    """What the aded system drafts from: the corpus matrix of the model with this vocabulary
+    fingerprint, if one was built."""
     from . import store
-    from .llama import Tokenizer
     from .trigram import MatrixFileError, TrigramMatrix
-    where = store.paths(Tokenizer(path).fingerprint())
+    where = store.paths(fingerprint)
     try:
         meta = TrigramMatrix.read_meta(where.corpus)
     except MatrixFileError:
@@ -340,14 +349,15 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
     gguf = read_gguf(path)
     common = dict(n_ctx=n_ctx, n_threads=threads or os.cpu_count(), n_threads_batch=threads or os.cpu_count(), verbose=False)
     prompts = load_prompts(workloads, per_workload, seed)
-    decoders, skipped = {}, {}
-    for s in systems:
+    base = make_system("plain", path, common)
+    vocab = (base.vocab_fingerprint(), base.n_vocab())
+    decoders, skipped = {"plain": base}, {}
+    for s in [s for s in systems if s != "plain"]:
         try:
-            decoders[s] = make_system(s, path, common)
+            decoders[s] = make_system(s, path, common, vocab)
         except Skipped as e:
             skipped[s] = str(e)
     systems = tuple(s for s in systems if s in decoders)
-    base = decoders["plain"]
     eog = base.token_is_eog
     for llm in decoders.values():  # warm-up outside the timing (JIT, caches, first-call costs)
         if not isinstance(llm, PeerTool):
@@ -387,7 +397,7 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
     header = dict(model=os.path.basename(path), architecture=gguf.architecture, quantization=gguf.quantization,
                   threads=common["n_threads"], max_tokens=max_tokens, per_workload=per_workload, seed=seed,
                   systems=list(systems), skipped=skipped, machine=machine_info(system_info()), cost_curve=cost,
-                  **corpus_info(path),
+                  **corpus_info(vocab[0]),
                   prompts=[dict(workload=p["workload"], id=p["id"]) for p in prompts])
     with open(out_dir / "rows.jsonl", "w") as f:
         f.write(json.dumps(dict(header=header)) + "\n")
