@@ -27,6 +27,10 @@ OVERHEAD_EMA = 0.1       # weight of one step in the per-step overhead estimate
 TABLE_SIZE = 258         # batch sizes 0..257 kept as a lookup table (a tree has at most 255 nodes)
 TABLE_REFRESH = 8        # steps between rebuilds of that table from the corrected curve
 MIN_SEEN = 8             # real steps at a point of the curve before it stops following size 1
+TRUST_DECAY = 0.95       # per verified tree: weight left to older trees in the trust estimate
+TRUST_FORGET = 0.98      # per plain step: drafting is forgotten slowly, so trust recovers to test again
+TRUST_PRIOR = 2.0        # pseudo-tokens behind the initial trust of 1
+TRUST_RANGE = (0.25, 1.25)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -181,6 +185,27 @@ class ReachCalibrator:
         self.tries = np.full((2, MAX_CAL_DEPTH, mid.size), PRIOR_WEIGHT)
         self.hits = np.tile(PRIOR_WEIGHT * PRIOR_TRUST * mid, (2, MAX_CAL_DEPTH, 1))
         self._waiting = deque()  # (tree, index in the history of the token its depth-1 nodes predict)
+        # trust: accepted / predicted drafts over the trees really verified. Choosing the
+        # best-looking prefix of each tree is optimistic (the winner's curse): nodes calibrated
+        # over all trees are accepted less often once they are the ones chosen.
+        self._predicted = 0.0
+        self._accepted = 0.0
+
+    @property
+    def trust(self) -> float:
+        """Factor on every calibrated reach probability before the budget decides."""
+        t = (self._accepted + TRUST_PRIOR) / (self._predicted + TRUST_PRIOR)
+        return min(max(t, TRUST_RANGE[0]), TRUST_RANGE[1])
+
+    def settle(self, predicted: float, accepted: int) -> None:
+        """One step's outcome: the summed predicted reach of the verified nodes (0: a plain step)
+        and how many of them the model accepted."""
+        if predicted > 0:
+            self._predicted = TRUST_DECAY * self._predicted + predicted
+            self._accepted = TRUST_DECAY * self._accepted + accepted
+        else:
+            self._predicted *= TRUST_FORGET
+            self._accepted *= TRUST_FORGET
 
     def track(self, tree: DraftTree, start: int) -> None:
         """Remember a tree drafted to continue history[:start], to be labelled once known."""
@@ -194,7 +219,7 @@ class ReachCalibrator:
             self.observe(tree, history[start:start + horizon])
 
     def predict(self, tree: DraftTree) -> np.ndarray:
-        """Calibrated reach probability of every node, never above its parent's."""
+        """Calibrated reach probability of every node, never above its parent's (before trust)."""
         return _predict(tree.depth, tree.prob, tree.seen, tree.parents, self.hits, self.tries, P_EDGES)
 
     def observe(self, tree: DraftTree, truth) -> None:
@@ -217,24 +242,28 @@ def pay_threshold(cost: CostModel, max_k: int = 64, min_gain: float = 0.0) -> fl
 
 
 def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, cost: CostModel,
-               max_nodes: int, max_depth: int, drafter=None) -> tuple[DraftTree, DraftTree]:
-    """(searched tree, the part of it worth verifying now). When even the matrix's best guess
-    for the next token cannot pay for a batch, no search is run and the guess alone is returned
-    as the searched tree, so the calibration still learns from it. `drafter` (an object with
-    draft(history, max_nodes, max_depth) -> DraftTree) replaces the MCTS search and the probe."""
+               max_nodes: int, max_depth: int, drafter=None) -> tuple[DraftTree, DraftTree, float]:
+    """(searched tree, the part of it worth verifying now, that part's summed calibrated reach
+    probability: the accepted drafts it predicts, for ReachCalibrator.settle). When even the
+    matrix's best guess for the next token cannot pay for a batch, no search is run and the guess
+    alone is returned as the searched tree, so the calibration still learns from it. `drafter`
+    (an object with draft(history, max_nodes, max_depth) -> DraftTree) replaces the MCTS search
+    and the probe."""
     if max_nodes <= 0 or max_depth <= 0:
-        return DraftTree.empty(), DraftTree.empty()
+        return DraftTree.empty(), DraftTree.empty(), 0.0
+    auto = cfg.budget == "auto"
+    trust = calibrator.trust if auto else 1.0
     if drafter is not None:
         full = drafter.draft(history, max_nodes, max_depth)
     else:
-        if cfg.budget == "auto":
+        if auto:
             probe = top_successor(matrix, history[-2:])
-            if len(probe) == 0 or calibrator.predict(probe)[0] <= pay_threshold(cost, max_nodes, cfg.min_gain):
-                return probe, probe.head(0)
+            if len(probe) == 0 or calibrator.predict(probe)[0] * trust <= pay_threshold(cost, max_nodes, cfg.min_gain):
+                return probe, probe.head(0), 0.0
         full = build_draft(matrix, history[-2:], cfg, max_nodes=max_nodes, max_depth=max_depth)
     tree, q = order_by(full, calibrator.predict(full))
-    k = len(tree) if cfg.budget == "fixed" else best_size(q, cost, cfg.min_accept_prob, cfg.min_gain)
-    return full, tree.head(k)
+    k = len(tree) if not auto else best_size(np.minimum(q * trust, 1.0), cost, cfg.min_accept_prob, cfg.min_gain)
+    return full, tree.head(k), float(q[:k].sum())
 
 
 def best_size(q_sorted: np.ndarray, cost: CostModel, min_q: float = 0.0, min_gain: float = 0.0) -> int:

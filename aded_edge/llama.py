@@ -109,9 +109,10 @@ class AdedLlama(llama_cpp.Llama):
         scratch.update([0, 1, 0, 1, 0, 1])
         calibrator, cost = ReachCalibrator(), CostModel([1, 2], [1.0, 1.0])
         for budget in ("fixed", "auto"):
-            full, tree = draft_step(scratch, [0, 1], self.draft_config.replace(budget=budget, max_nodes=4),
-                                    calibrator, cost, 4, 2)
+            full, tree, expected = draft_step(scratch, [0, 1], self.draft_config.replace(budget=budget, max_nodes=4),
+                                              calibrator, cost, 4, 2)
             calibrator.observe(full, [0, 1])
+            calibrator.settle(expected, 0)
         tree = chain_first(full)
         tree_layout(tree, np.zeros((len(tree) + 1, len(tree) + 1), np.int32), np.zeros(len(tree) + 1, np.int32))
 
@@ -341,7 +342,7 @@ class AdedLlama(llama_cpp.Llama):
             t0 = time.perf_counter()
             # draft: MCTS tree, calibrated reach probabilities, the prefix of it that pays (maybe none)
             max_nodes = min(room, self._max_nodes - len(pending) + 1)
-            full, tree = draft_step(matrix, history, cfg, calibrator, cost, max_nodes, room, self.drafter)
+            full, tree, expected = draft_step(matrix, history, cfg, calibrator, cost, max_nodes, room, self.drafter)
             k = len(tree)
             tree = chain_first(tree)
             t1 = time.perf_counter()
@@ -366,6 +367,7 @@ class AdedLlama(llama_cpp.Llama):
                 self.drafter.update(emitted)
             calibrator.track(full, start)
             calibrator.learn(history, cfg.max_depth)
+            calibrator.settle(expected, len(accepted))
             t3 = time.perf_counter()
             cost.observe(len(pending) + k, t2 - t1, (t1 - t0) + (t3 - t2))
             stats.record_step(k, len(accepted))

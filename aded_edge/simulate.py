@@ -51,7 +51,7 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
         out = truth[:1]
         while len(out) < len(truth):
             t = time.perf_counter()
-            full, tree = draft_step(matrix, history, config, calibrator, cost, nodes, config.max_depth)
+            full, tree, expected = draft_step(matrix, history, config, calibrator, cost, nodes, config.max_depth)
             draft_s += time.perf_counter() - t
             verify_s += float(cost(len(tree) + 1))
             upcoming = iter(truth[len(out):])  # "the model" chooses the recorded tokens
@@ -63,6 +63,7 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
             matrix.update(history[start - 2:], start=2)
             calibrator.track(full, start)
             calibrator.learn(history, config.max_depth)
+            calibrator.settle(expected, len(acc))
             steps += 1
             drafted += len(tree)
             accepted += len(acc)

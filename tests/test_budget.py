@@ -122,18 +122,18 @@ def test_draft_step_skips_the_search_only_when_nothing_can_pay():
     cfg = DraftConfig(max_nodes=16)
     sure = ReachCalibrator()
     for _ in range(50):                       # the matrix has been right every time
-        full, _ = draft_step(m, [5, 6], cfg, ReachCalibrator(), FLAT, 16, 4)
+        full, _, _ = draft_step(m, [5, 6], cfg, ReachCalibrator(), FLAT, 16, 4)
         sure.observe(full, [7, 8, 9, 5])
-    full, tree = draft_step(m, [5, 6], cfg, sure, STEPPED, 16, 4)
+    full, tree, _ = draft_step(m, [5, 6], cfg, sure, STEPPED, 16, 4)
     assert len(full) > 1 and len(tree) >= 1 and tree.tokens[0] == 7
     never = ReachCalibrator()
     for _ in range(50):                       # ... or wrong every time
         never.observe(full, [1, 1, 1, 1])
-    full, tree = draft_step(m, [5, 6], cfg, never, STEPPED, 16, 4)
+    full, tree, _ = draft_step(m, [5, 6], cfg, never, STEPPED, 16, 4)
     assert len(full) == 1 and len(tree) == 0  # only the probe, nothing verified
-    full, tree = draft_step(m, [5, 6], cfg.replace(budget="fixed"), never, STEPPED, 16, 4)
+    full, tree, _ = draft_step(m, [5, 6], cfg.replace(budget="fixed"), never, STEPPED, 16, 4)
     assert len(tree) == len(full) > 1         # a fixed budget always searches
-    full, tree = draft_step(m, [50, 51], cfg, sure, FLAT, 16, 4)
+    full, tree, _ = draft_step(m, [50, 51], cfg, sure, FLAT, 16, 4)
     assert len(full) == len(tree) == 0        # unknown context: nothing to draft
 
 
@@ -163,3 +163,39 @@ def test_unconfirmed_points_keep_the_calibrated_shape_at_the_level_seen_now():
         cm.observe(1, 0.010, 0.0)
     assert cm(1) == pytest.approx(0.010, rel=0.02)
     assert cm(2) == pytest.approx(0.015, rel=0.03) and cm(4) == pytest.approx(0.025, rel=0.03)
+
+
+def test_trust_learns_the_optimism_of_chosen_trees_and_recovers():
+    from aded_edge.budget import TRUST_RANGE
+    cal = ReachCalibrator()
+    assert cal.trust == pytest.approx(1.0)
+    for _ in range(60):                  # verified trees promised 2 drafts, the model took 0.5
+        cal.settle(2.0, 0.5 if _ % 2 else 1)
+    assert 0.3 < cal.trust < 0.45
+    shy = cal.trust
+    q = q_chain(0.9, 0.8)
+    cm = CostModel([1, 2, 3], [0.010, 0.014, 0.017])
+    assert best_size(q, cm) == 2 and best_size(np.minimum(q * shy, 1.0), cm) == 0
+    for _ in range(300):                 # plain steps: the old evidence fades, drafting is tried again
+        cal.settle(0.0, 0)
+    assert cal.trust > 0.9
+    for _ in range(200):                 # drafts better than predicted raise trust, within bounds
+        cal.settle(1.0, 3)
+    assert cal.trust == TRUST_RANGE[1]
+
+
+def test_draft_step_applies_trust_to_its_choice():
+    from aded_edge.budget import draft_step
+    m = TrigramMatrix(100, top_k=4)
+    m.update([5, 6, 7, 8, 9] * 30)
+    cfg = DraftConfig(max_nodes=16)
+    cal = ReachCalibrator()
+    for _ in range(50):
+        full, _, _ = draft_step(m, [5, 6], cfg, ReachCalibrator(), FLAT, 16, 4)
+        cal.observe(full, [7, 8, 9, 5])
+    _, tree, expected = draft_step(m, [5, 6], cfg, cal, STEPPED, 16, 4)
+    assert len(tree) >= 1 and expected == pytest.approx(cal.predict(tree).sum(), rel=1e-6)
+    for _ in range(100):                 # every verified tree was rejected
+        cal.settle(expected, 0)
+    _, tree, expected = draft_step(m, [5, 6], cfg, cal, STEPPED, 16, 4)
+    assert len(tree) == 0 and expected == 0.0
