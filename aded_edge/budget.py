@@ -15,7 +15,7 @@ from numba import njit
 from collections import deque
 
 from .config import DraftConfig
-from .draft import DraftTree, build_draft, top_successor
+from .draft import DraftTree, build_draft, top_successor, with_copy_chain
 
 # reach-probability bin edges of the calibration table (finer near 0 and 1)
 P_EDGES = np.array([0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0001])
@@ -44,7 +44,7 @@ def _predict(depth, prob, seen, parents, hits, tries, edges):
     for i in range(n):
         d = min(depth[i], last_d + 1) - 1
         b = min(max(np.searchsorted(edges, prob[i], side="right") - 1, 0), last_b)
-        s = 1 if seen[i] else 0
+        s = np.int64(seen[i])
         q[i] = hits[s, d, b] / tries[s, d, b]
         if parents[i] >= 0 and q[i] > q[parents[i]]:
             q[i] = q[parents[i]]
@@ -64,7 +64,7 @@ def _observe(depth, prob, seen, parents, tokens, truth, hits, tries, edges):
         reached[i] = (p < 0 or reached[p]) and tokens[i] == truth[depth[i] - 1]
         d = min(depth[i], last_d + 1) - 1
         b = min(max(np.searchsorted(edges, prob[i], side="right") - 1, 0), last_b)
-        s = 1 if seen[i] else 0
+        s = np.int64(seen[i])
         tries[s, d, b] += 1.0
         if reached[i]:
             hits[s, d, b] += 1.0
@@ -176,14 +176,14 @@ class CostModel:
 
 
 class ReachCalibrator:
-    """P(node reached | matrix reach probability, depth, path seen in this context), learnt from
-    labelled nodes."""
+    """P(node reached | matrix reach probability, depth, kind of node), learnt from labelled
+    nodes; kinds: path not seen in this context, path seen in it, on the context's copy chain."""
 
     def __init__(self):
         mid = (P_EDGES[:-1] + np.minimum(P_EDGES[1:], 1.0)) / 2
-        # one table for nodes whose path was seen in this context, one for the others
-        self.tries = np.full((2, MAX_CAL_DEPTH, mid.size), PRIOR_WEIGHT)
-        self.hits = np.tile(PRIOR_WEIGHT * PRIOR_TRUST * mid, (2, MAX_CAL_DEPTH, 1))
+        # one table per kind of node (DraftTree.seen: 0, 1, 2)
+        self.tries = np.full((3, MAX_CAL_DEPTH, mid.size), PRIOR_WEIGHT)
+        self.hits = np.tile(PRIOR_WEIGHT * PRIOR_TRUST * mid, (3, MAX_CAL_DEPTH, 1))
         self._waiting = deque()  # (tree, index in the history of the token its depth-1 nodes predict)
         # trust: accepted / predicted drafts over the trees really verified. Choosing the
         # best-looking prefix of each tree is optimistic (the winner's curse): nodes calibrated
@@ -242,13 +242,14 @@ def pay_threshold(cost: CostModel, max_k: int = 64, min_gain: float = 0.0) -> fl
 
 
 def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, cost: CostModel,
-               max_nodes: int, max_depth: int, drafter=None) -> tuple[DraftTree, DraftTree, float]:
+               max_nodes: int, max_depth: int, drafter=None, lookup=None) -> tuple[DraftTree, DraftTree, float]:
     """(searched tree, the part of it worth verifying now, that part's summed calibrated reach
-    probability: the accepted drafts it predicts, for ReachCalibrator.settle). When even the
-    matrix's best guess for the next token cannot pay for a batch, no search is run and the guess
-    alone is returned as the searched tree, so the calibration still learns from it. `drafter`
-    (an object with draft(history, max_nodes, max_depth) -> DraftTree) replaces the MCTS search
-    and the probe."""
+    probability: the accepted drafts it predicts, for ReachCalibrator.settle). `lookup` (a
+    draft.ContextLookup of history) adds the context's copy chain to the MCTS tree. When there is
+    no copy chain and even the matrix's best guess for the next token cannot pay for a batch, no
+    search is run and the guess alone is returned as the searched tree, so the calibration still
+    learns from it. `drafter` (an object with draft(history, max_nodes, max_depth) -> DraftTree)
+    replaces the MCTS search, the copy chain and the probe."""
     if max_nodes <= 0 or max_depth <= 0:
         return DraftTree.empty(), DraftTree.empty(), 0.0
     auto = cfg.budget == "auto"
@@ -256,13 +257,16 @@ def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, c
     if drafter is not None:
         full = drafter.draft(history, max_nodes, max_depth)
     else:
-        if auto:
+        chain = lookup.chain(min(max_depth, cfg.max_depth)) if lookup is not None else []
+        if auto and not chain:
             probe = top_successor(matrix, history[-2:])
             if len(probe) == 0 or calibrator.predict(probe)[0] * trust <= pay_threshold(cost, max_nodes, cfg.min_gain):
                 return probe, probe.head(0), 0.0
         full = build_draft(matrix, history[-2:], cfg, max_nodes=max_nodes, max_depth=max_depth)
+        full = with_copy_chain(full, chain)
     tree, q = order_by(full, calibrator.predict(full))
-    k = len(tree) if not auto else best_size(np.minimum(q * trust, 1.0), cost, cfg.min_accept_prob, cfg.min_gain)
+    q = q[:max_nodes]  # a copy chain may have made the tree larger than the batch allows
+    k = len(q) if not auto else best_size(np.minimum(q * trust, 1.0), cost, cfg.min_accept_prob, cfg.min_gain)
     return full, tree.head(k), float(q[:k].sum())
 
 

@@ -24,7 +24,8 @@ class DraftTree:
     depth: np.ndarray    # int32 [n] 1 for children of the pending token; parents precede children
     prob: np.ndarray     # float32 [n] matrix probability that the path to this node is taken
     visits: np.ndarray   # int32 [n] MCTS visit count
-    seen: np.ndarray = None  # bool [n] every edge on the path is a tri-gram seen in this context (None: unknown)
+    seen: np.ndarray = None  # [n] 1: every edge on the path is a tri-gram seen in this context, 0: not (None:
+                             # unknown), 2: the node lies on the context's copy chain (see with_copy_chain)
 
     def __post_init__(self):
         if self.seen is None:
@@ -186,6 +187,61 @@ def build_draft(matrix: TrigramMatrix, context, config: DraftConfig, max_nodes: 
                           min(config.top_k, matrix.top_k), config.n_simulations, depth, nodes,
                           np.float32(config.c1), np.float32(config.c2))
     return DraftTree(t, p, d, r, v, seen)
+
+
+class ContextLookup:
+    """Where each token 3-gram of the text last occurred. Input-grounded work (editing, fixing,
+    quoting) repeats its input: what followed the latest earlier occurrence of the text's last
+    three tokens is a copy candidate, a longer context than the tri-gram matrix's two tokens."""
+
+    def __init__(self, tokens=()):
+        self.tokens: list = []
+        self._after: dict = {}   # 3-gram -> index of the token that followed its latest occurrence
+        self.extend(tokens)
+
+    def extend(self, tokens) -> None:
+        t, after = self.tokens, self._after
+        for x in tokens:
+            if len(t) >= 3:  # the 3-gram ending at the current last token gets its successor now, so
+                after[(t[-3], t[-2], t[-1])] = len(t)  # the text's own suffix never matches itself
+            t.append(int(x))
+
+    def chain(self, n: int) -> list:
+        """Up to n tokens that followed the latest earlier occurrence of the last three tokens."""
+        t = self.tokens
+        at = self._after.get((t[-3], t[-2], t[-1])) if len(t) >= 3 else None
+        return [] if at is None else t[at:at + n]
+
+
+def with_copy_chain(tree: DraftTree, chain) -> DraftTree:
+    """The tree with the chain hung below the root: nodes already on its path are marked (seen =
+    2), the rest appended as new nodes (prob 1, one visit), so the calibration learns apart how
+    often copying is right."""
+    if not len(chain):
+        return tree
+    seen = tree.seen.astype(np.uint8)
+    new_tok, new_par, new_dep = [], [], []
+    parent, n = -1, len(tree)
+    for d, tok in enumerate(chain, start=1):
+        if parent < n:  # still inside the existing tree: look for the child carrying tok
+            hit = np.flatnonzero((tree.parents == parent) & (tree.tokens == tok))
+            if hit.size:
+                parent = int(hit[0])
+                seen[parent] = 2
+                continue
+        new_tok.append(tok)
+        new_par.append(parent)
+        new_dep.append(d)
+        parent = n + len(new_tok) - 1
+    k = len(new_tok)
+    if k == 0:
+        return DraftTree(tree.tokens, tree.parents, tree.depth, tree.prob, tree.visits, seen)
+    return DraftTree(np.concatenate([tree.tokens, np.array(new_tok, np.int32)]),
+                     np.concatenate([tree.parents, np.array(new_par, np.int32)]),
+                     np.concatenate([tree.depth, np.array(new_dep, np.int32)]),
+                     np.concatenate([tree.prob, np.ones(k, np.float32)]),
+                     np.concatenate([tree.visits, np.ones(k, np.int32)]),
+                     np.concatenate([seen, np.full(k, 2, np.uint8)]))
 
 
 def top_successor(matrix: TrigramMatrix, context) -> DraftTree:

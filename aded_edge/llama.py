@@ -25,7 +25,7 @@ from . import models, store
 from .accept import Sampling, make_chooser, walk_tree
 from .budget import CostModel, ReachCalibrator, draft_step
 from .config import DraftConfig
-from .draft import DraftTree, chain_first, tree_layout
+from .draft import ContextLookup, DraftTree, chain_first, tree_layout
 from .gguf import read_gguf
 from .stats import DecodeStats
 from .trigram import MatrixFileError, TrigramMatrix
@@ -105,14 +105,16 @@ class AdedLlama(llama_cpp.Llama):
     def _warm_up(self) -> None:
         """Compile (or load from Numba's cache) every kernel of a step now, on a scratch matrix:
         not during the first answer, where a Ctrl-C could land inside Numba's loader."""
+        text = [0, 1, 0, 1, 0, 1]
         scratch = TrigramMatrix(self.matrix.n_vocab, top_k=self.matrix.top_k)
-        scratch.update([0, 1, 0, 1, 0, 1])
+        scratch.update(text)
         calibrator, cost = ReachCalibrator(), CostModel([1, 2], [1.0, 1.0])
         for budget in ("fixed", "auto"):
-            full, tree, expected = draft_step(scratch, [0, 1], self.draft_config.replace(budget=budget, max_nodes=4),
-                                              calibrator, cost, 4, 2)
-            calibrator.observe(full, [0, 1])
-            calibrator.settle(expected, 0)
+            for lookup in (None, ContextLookup(text)):
+                full, tree, expected = draft_step(scratch, text, self.draft_config.replace(budget=budget, max_nodes=4),
+                                                  calibrator, cost, 4, 2, lookup=lookup)
+                calibrator.observe(full, [0, 1])
+                calibrator.settle(expected, 0)
         tree = chain_first(full)
         tree_layout(tree, np.zeros((len(tree) + 1, len(tree) + 1), np.int32), np.zeros(len(tree) + 1, np.int32))
 
@@ -331,6 +333,7 @@ class AdedLlama(llama_cpp.Llama):
         if stopping_criteria is not None and stopping_criteria(np.asarray(prompt, dtype=np.intc), self._logits_row(-1)):
             return
         history = list(prompt) + [first]  # every token emitted so far
+        lookup = ContextLookup(history)   # the copy chain's index of it
         n_past = len(prompt)              # tokens in the KV cache (seq 0) = history[:n_past]
         stats.generated += 1
         yield first
@@ -342,7 +345,7 @@ class AdedLlama(llama_cpp.Llama):
             t0 = time.perf_counter()
             # draft: MCTS tree, calibrated reach probabilities, the prefix of it that pays (maybe none)
             max_nodes = min(room, self._max_nodes - len(pending) + 1)
-            full, tree, expected = draft_step(matrix, history, cfg, calibrator, cost, max_nodes, room, self.drafter)
+            full, tree, expected = draft_step(matrix, history, cfg, calibrator, cost, max_nodes, room, self.drafter, lookup)
             k = len(tree)
             tree = chain_first(tree)
             t1 = time.perf_counter()
@@ -362,6 +365,7 @@ class AdedLlama(llama_cpp.Llama):
             # update: adapt the matrix, label old trees for the calibration, learn the cost
             start = len(history)
             history.extend(emitted)
+            lookup.extend(emitted)
             matrix.update(history[start - 2:], start=2)
             if self.drafter is not None:
                 self.drafter.update(emitted)

@@ -16,7 +16,7 @@ import numpy as np
 from .accept import walk_tree
 from .config import DraftConfig
 from .budget import CostModel, ReachCalibrator, draft_step
-from .draft import build_draft
+from .draft import ContextLookup, build_draft
 from .trigram import TrigramMatrix
 
 
@@ -48,10 +48,12 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
         prompt, truth = rec["prompt"], rec["output"]
         matrix.update(prompt)
         history = list(prompt) + truth[:1]   # the first token comes from the prompt pass
+        lookup = ContextLookup(history)
         out = truth[:1]
         while len(out) < len(truth):
             t = time.perf_counter()
-            full, tree, expected = draft_step(matrix, history, config, calibrator, cost, nodes, config.max_depth)
+            full, tree, expected = draft_step(matrix, history, config, calibrator, cost, nodes, config.max_depth,
+                                              lookup=lookup)
             draft_s += time.perf_counter() - t
             verify_s += float(cost(len(tree) + 1))
             upcoming = iter(truth[len(out):])  # "the model" chooses the recorded tokens
@@ -59,6 +61,7 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
             emitted = [t for t in emitted if t >= 0]
             start = len(history)
             history.extend(emitted)
+            lookup.extend(emitted)
             out.extend(emitted)
             matrix.update(history[start - 2:], start=2)
             calibrator.track(full, start)

@@ -199,3 +199,25 @@ def test_draft_step_applies_trust_to_its_choice():
         cal.settle(expected, 0)
     _, tree, expected = draft_step(m, [5, 6], cfg, cal, STEPPED, 16, 4)
     assert len(tree) == 0 and expected == 0.0
+
+
+def test_copy_chain_is_drafted_once_copying_has_proven_right():
+    from aded_edge.budget import draft_step
+    from aded_edge.draft import ContextLookup
+    m = TrigramMatrix(100, top_k=4)                 # the matrix knows nothing
+    text = [10, 11, 12, 13, 14, 15, 10, 11, 12]
+    cfg = DraftConfig(max_nodes=16)
+    cal = ReachCalibrator()
+    _, tree, _ = draft_step(m, text, cfg, cal, STEPPED, 16, 4)
+    assert len(tree) == 0                           # without the lookup: nothing to draft
+    lookup = ContextLookup(text)
+    for _ in range(50):                             # each copy so far was what the model wrote
+        full, _, _ = draft_step(m, text, cfg.replace(budget="fixed"), cal, STEPPED, 16, 4, lookup=lookup)
+        cal.observe(full, [13, 14, 15, 10])
+    full, tree, expected = draft_step(m, text, cfg, cal, STEPPED, 16, 4, lookup=lookup)
+    assert tree.tokens.tolist()[:3] == [13, 14, 15] and (tree.seen == 2).all() and expected > 2
+    never = ReachCalibrator()
+    for _ in range(50):                             # ... or never was
+        never.observe(full, [1, 1, 1, 1])
+    _, tree, _ = draft_step(m, text, cfg, never, STEPPED, 16, 4, lookup=lookup)
+    assert len(tree) == 0

@@ -144,3 +144,42 @@ def test_nodes_know_whether_their_path_was_seen_in_this_context():
     assert seen[(3,)] and seen[(3, 4)]
     assert not seen[(9,)] and not seen.get((9, 8), False)
     assert len(tree.head(3).seen) == 3 and tree.take(np.arange(len(tree))).seen.tolist() == tree.seen.tolist()
+
+
+def test_context_lookup_finds_the_latest_earlier_occurrence_never_itself():
+    from aded_edge.draft import ContextLookup
+    lk = ContextLookup([1, 2, 3, 4, 5, 9, 1, 2, 3, 7, 8])
+    assert lk.chain(4) == []                 # (3, 7, 8) never occurred before the end
+    lk.extend([1, 2, 3])
+    assert lk.chain(4) == [7, 8, 1, 2]       # the latest earlier (1, 2, 3) was followed by 7 8 ...
+    assert lk.chain(1) == [7]
+    lk2 = ContextLookup([5, 6, 7])
+    assert lk2.chain(3) == []                # the suffix alone is not a match
+    lk2.extend([5, 6, 7])
+    assert lk2.chain(3) == [5, 6, 7]
+
+
+def test_copy_chain_is_merged_into_the_tree_as_a_valid_tree():
+    from aded_edge.draft import with_copy_chain
+    m, stream = random_matrix(3)
+    cfg = DraftConfig(max_nodes=16, max_depth=4)
+    tree = build_draft(m, stream[-2:], cfg)
+    first = int(tree.tokens[np.flatnonzero(tree.parents == -1)[0]])
+    chain = [first, 59, 58, 57]              # starts on an existing root child, then leaves the tree
+    merged = with_copy_chain(tree, chain)
+    siblings = set()
+    for i in range(len(merged)):             # a tree: parents first, depths consistent, no twin siblings
+        p = int(merged.parents[i])
+        assert -1 <= p < i and merged.depth[i] == (1 if p < 0 else merged.depth[p] + 1)
+        assert (p, int(merged.tokens[i])) not in siblings
+        siblings.add((p, int(merged.tokens[i])))
+    path, node = [], -1
+    for tok in chain:                        # the chain is a root-to-leaf path, every node marked 2
+        hit = [j for j in range(len(merged)) if merged.parents[j] == node and merged.tokens[j] == tok]
+        assert len(hit) == 1 and merged.seen[hit[0]] == 2
+        node = hit[0]
+        path.append(node)
+    assert len(merged) - len(tree) == sum(j >= len(tree) for j in path)
+    off = np.setdiff1d(np.arange(len(tree)), path)
+    assert (merged.seen[off] == tree.seen[off]).all() and (merged.tokens[:len(tree)] == tree.tokens).all()
+    assert with_copy_chain(tree, []) is tree
