@@ -8,7 +8,6 @@ import math
 import os
 import secrets
 import shutil
-import signal
 import sys
 import time
 from importlib import metadata
@@ -288,26 +287,14 @@ def load_model(model, *, n_ctx: int, threads: int | None, verbose: bool, plain: 
     path = resolve_model(model)
     read_gguf(path)
     from .llama import AdedLlama  # loads the native library: only once the inputs are known good
-    # llama.cpp's worker threads (OpenMP) start at the first decode and inherit the signal mask of
-    # the thread that starts them. Started with SIGINT blocked, they never take a Ctrl-C, so it
-    # always reaches the main thread, where Python raises KeyboardInterrupt: a Ctrl-C taken by a
-    # worker while the main thread waits at the chat prompt would go unnoticed until the next key.
-    # (A Ctrl-C during the load is held until the mask is restored, then acts.)
-    masked = hasattr(signal, "pthread_sigmask")
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if masked else None
     try:
         llm = AdedLlama(str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=verbose,
                         draft=draft, matrix=matrix_path, speculative=not plain, n_gpu_layers=n_gpu_layers,
                         corpus=corpus, persist=warm_start)
-        llm.eval([0])  # the first decode, so the workers start now, under this mask
-        llm.reset()
     except ValueError as e:
         if "Failed to load model" in str(e):
             raise UserError(f"llama.cpp could not load {path} (unsupported architecture or damaged file)") from None
         raise
-    finally:
-        if masked:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     for note in llm.matrix_notes:  # a damaged warm-start file is said, always; the rest with -v
         if verbose or "ignored" in note:
             _err(note)

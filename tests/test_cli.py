@@ -413,19 +413,3 @@ def test_matrix_build_info_reset_and_their_errors(model_path, tmp_path):
     (tmp_path / "corrupt.npz").write_bytes(foreign.read_bytes()[:100])
     assert_one_line_error(cli("run", model_path, "-p", "x", "-n", "2", "--matrix", str(tmp_path / "corrupt.npz"),
                               env=env), "corrupt or truncated")
-
-
-def test_load_model_leaves_sigint_to_the_main_thread(model_path):
-    """The model's worker threads start under a mask that blocks SIGINT; the caller's own mask is
-    restored (Ctrl-C still works in the main thread)."""
-    import signal
-    from aded_edge.cli import load_model
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
-    llm = load_model(model_path, n_ctx=512, threads=2, verbose=False, warm_start=False)
-    try:
-        assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
-        assert signal.SIGINT not in before
-        text = llm.create_completion("1, 2, 3,", max_tokens=4, temperature=0)["choices"][0]["text"]
-        assert text.strip()                 # the warm-up decode left nothing behind that breaks a prompt
-    finally:
-        llm.close()
