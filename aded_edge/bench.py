@@ -277,7 +277,8 @@ class Skipped(Exception):
 def make_system(name: str, path: str, common: dict, vocab: tuple[str, int] | None = None):
     """A decoder for a system name; all share the llama.cpp build and settings in `common`.
     aded variants never read or write the user's persisted adaptive matrix (reproducible runs).
-    `vocab`: the model's (vocabulary fingerprint, size), when a decoder of it is already loaded."""
+    `vocab`: the model's (vocabulary fingerprint, size), from its loaded plain decoder (needed by
+    "reference")."""
     from .config import DraftConfig
     from .llama import AdedLlama, prompt_lookup_llama
     if name == "plain":
@@ -291,7 +292,7 @@ def make_system(name: str, path: str, common: dict, vocab: tuple[str, int] | Non
     if name == "prompt-lookup":   # llama-cpp-python's own, its recommended CPU setting (2 tokens)
         return prompt_lookup_llama(path, num_pred_tokens=2 if common.get("n_gpu_layers", 0) == 0 else 10, **common)
     if name == "reference":       # the ADED authors' drafter on the same corpus, same verifier and budget
-        return AdedLlama(path, persist=False, corpus=False, drafter=_reference_drafter(path, vocab), **common)
+        return AdedLlama(path, persist=False, corpus=False, drafter=_reference_drafter(vocab), **common)
     if name in ("llama-completion", "llama-lookup"):  # llama.cpp's own programs: plain, prompt lookup
         return PeerTool(name, path, common)
     if name == "llama-speculative":  # llama.cpp's draft-model speculation (Qwen 0.5B drafting for 1.5B)
@@ -303,20 +304,11 @@ def make_system(name: str, path: str, common: dict, vocab: tuple[str, int] | Non
     raise ValueError(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
 
 
-def _vocab(path: str) -> tuple[str, int]:
-    from .llama import Tokenizer
-    tok = Tokenizer(path)
-    try:
-        return tok.fingerprint(), tok.n_vocab
-    finally:
-        tok.close()
-
-
-def _reference_drafter(path: str, vocab: tuple[str, int] | None = None):
+def _reference_drafter(vocab: tuple[str, int]):
     from . import store
     from .corpus import load_streams
     from .reference import ReferenceDrafter
-    fingerprint, n_vocab = vocab or _vocab(path)
+    fingerprint, n_vocab = vocab
     where = store.paths(fingerprint)
     if not where.tokens.exists():
         raise Skipped("no corpus built for this model (aded-edge matrix build)")
