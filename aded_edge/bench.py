@@ -254,6 +254,8 @@ def write_plots(out_dir: Path, summary: list[dict], rows: list[dict], cost: dict
     ax.set_ylabel("steps")
     fig.tight_layout()
     fig.savefig(out_dir / "tokens_per_step.png", dpi=120)
+    if not cost:  # no aded system ran: no cost curve was measured
+        return f"plots: {out_dir}/speedup.png, tokens_per_step.png"
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(cost["sizes"], [c / cost["seconds"][0] for c in cost["seconds"]], "o-", label="measured")
     ax.plot(cost["sizes"], cost["sizes"], "--", label="k x one token")
