@@ -15,11 +15,12 @@ from numba import njit
 from collections import deque
 
 from .config import DraftConfig
-from .draft import DraftTree, build_draft, top_successor, with_copy_chain
+from .draft import DraftTree, build_draft, chain_first, top_successor, with_copy_chain
 
 # reach-probability bin edges of the calibration table (finer near 0 and 1)
 P_EDGES = np.array([0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0001])
-MAX_CAL_DEPTH = 8        # depths beyond share the last row
+MAX_CAL_DEPTH = 16       # depths beyond share the last row
+LABEL_CHUNK = 4          # a waiting tree is labelled once this many more of its depths are known
 PRIOR_WEIGHT = 4.0       # pseudo-observations behind the initial belief
 PRIOR_TRUST = 0.5        # initial belief: a node is reached half as often as the matrix says
 COST_EMA = 0.05          # weight of one step's timing in the online cost scale
@@ -52,8 +53,8 @@ def _predict(depth, prob, seen, parents, hits, tries, edges):
 
 
 @njit(cache=True)
-def _observe(depth, prob, seen, parents, tokens, truth, hits, tries, edges):
-    """Label every node whose depth the true continuation covers: reached or not."""
+def _observe(depth, prob, seen, parents, tokens, truth, done, hits, tries, edges):
+    """Label every node deeper than `done` whose depth the true continuation covers: reached or not."""
     n = depth.shape[0]
     reached = np.zeros(n, np.bool_)
     last_d, last_b = hits.shape[1] - 1, edges.shape[0] - 2
@@ -62,6 +63,8 @@ def _observe(depth, prob, seen, parents, tokens, truth, hits, tries, edges):
             continue
         p = parents[i]
         reached[i] = (p < 0 or reached[p]) and tokens[i] == truth[depth[i] - 1]
+        if depth[i] <= done:
+            continue
         d = min(depth[i], last_d + 1) - 1
         b = min(max(np.searchsorted(edges, prob[i], side="right") - 1, 0), last_b)
         s = np.int64(seen[i])
@@ -184,7 +187,8 @@ class ReachCalibrator:
         # one table per kind of node (DraftTree.seen: 0, 1, 2)
         self.tries = np.full((3, MAX_CAL_DEPTH, mid.size), PRIOR_WEIGHT)
         self.hits = np.tile(PRIOR_WEIGHT * PRIOR_TRUST * mid, (3, MAX_CAL_DEPTH, 1))
-        self._waiting = deque()  # (tree, index in the history of the token its depth-1 nodes predict)
+        self._waiting = deque()  # [tree, index in the history of the token its depth-1 nodes predict,
+                                 #  its depths labelled so far, its deepest depth]
         # trust: accepted / predicted drafts over the trees really verified. Choosing the
         # best-looking prefix of each tree is optimistic (the winner's curse): nodes calibrated
         # over all trees are accepted less often once they are the ones chosen.
@@ -208,15 +212,29 @@ class ReachCalibrator:
             self._accepted *= TRUST_FORGET
 
     def track(self, tree: DraftTree, start: int) -> None:
-        """Remember a tree drafted to continue history[:start], to be labelled once known."""
+        """Remember a tree drafted to continue history[:start], to be labelled as the text goes on."""
         if len(tree):
-            self._waiting.append((tree, start))
+            self._waiting.append([tree, start, 0, int(tree.depth.max())])
 
-    def learn(self, history, horizon: int) -> None:
-        """Label every remembered tree whose next `horizon` true tokens are in history."""
-        while self._waiting and len(history) - self._waiting[0][1] >= horizon:
-            tree, start = self._waiting.popleft()
-            self.observe(tree, history[start:start + horizon])
+    def learn(self, history) -> None:
+        """Label the remembered trees' nodes whose true tokens are now in history, LABEL_CHUNK
+        depths at a time (a 16-token copy chain is labelled as it is overtaken, not 16 tokens
+        late); a tree is forgotten once its deepest node is labelled."""
+        finished = False
+        for item in self._waiting:
+            tree, start, done, deepest = item
+            known = min(len(history) - start, deepest)
+            if known >= min(done + LABEL_CHUNK, deepest):
+                _observe(tree.depth, tree.prob, tree.seen, tree.parents, tree.tokens,
+                         np.asarray(history[start:start + known], dtype=np.int64), done, self.hits, self.tries, P_EDGES)
+                item[2] = known
+                finished |= known == deepest
+        if finished:
+            self._waiting = deque(item for item in self._waiting if item[2] < item[3])
+
+    def new_text(self) -> None:
+        """A new generation starts: the trees still waiting belonged to another history."""
+        self._waiting.clear()
 
     def predict(self, tree: DraftTree) -> np.ndarray:
         """Calibrated reach probability of every node, never above its parent's (before trust)."""
@@ -224,7 +242,7 @@ class ReachCalibrator:
 
     def observe(self, tree: DraftTree, truth) -> None:
         """Label each node whose depth the true continuation covers (reached or not) and learn."""
-        _observe(tree.depth, tree.prob, tree.seen, tree.parents, tree.tokens, np.asarray(truth, dtype=np.int64),
+        _observe(tree.depth, tree.prob, tree.seen, tree.parents, tree.tokens, np.asarray(truth, dtype=np.int64), 0,
                  self.hits, self.tries, P_EDGES)
 
 
@@ -243,7 +261,8 @@ def pay_threshold(cost: CostModel, max_k: int = 64, min_gain: float = 0.0) -> fl
 
 def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, cost: CostModel,
                max_nodes: int, max_depth: int, drafter=None, lookup=None) -> tuple[DraftTree, DraftTree, float]:
-    """(searched tree, the part of it worth verifying now, that part's summed calibrated reach
+    """(searched tree, the part of it worth verifying now -- its most promising chain first, see
+    draft.chain_first --, that part's summed calibrated reach
     probability: the accepted drafts it predicts, for ReachCalibrator.settle). `lookup` (a
     draft.ContextLookup of history) adds the context's copy chain to the MCTS tree. When there is
     no copy chain and even the matrix's best guess for the next token cannot pay for a batch, no
@@ -257,7 +276,7 @@ def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, c
     if drafter is not None:
         full = drafter.draft(history, max_nodes, max_depth)
     else:
-        chain = lookup.chain(min(max_depth, cfg.max_depth)) if lookup is not None else []
+        chain = lookup.chain(min(max_depth, cfg.copy_depth)) if lookup is not None else []
         if auto and not chain:
             probe = top_successor(matrix, history[-2:])
             if len(probe) == 0 or calibrator.predict(probe)[0] * trust <= pay_threshold(cost, max_nodes, cfg.min_gain):
@@ -267,7 +286,7 @@ def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, c
     tree, q = order_by(full, calibrator.predict(full))
     q = q[:max_nodes]  # a copy chain may have made the tree larger than the batch allows
     k = len(q) if not auto else best_size(np.minimum(q * trust, 1.0), cost, cfg.min_accept_prob, cfg.min_gain)
-    return full, tree.head(k), float(q[:k].sum())
+    return full, chain_first(tree.head(k), q[:k]), float(q[:k].sum())
 
 
 def best_size(q_sorted: np.ndarray, cost: CostModel, min_q: float = 0.0, min_gain: float = 0.0) -> int:

@@ -189,28 +189,48 @@ def build_draft(matrix: TrigramMatrix, context, config: DraftConfig, max_nodes: 
     return DraftTree(t, p, d, r, v, seen)
 
 
+COPY_CANDIDATES = 16  # latest occurrences of each 3-gram among which a copy source is chosen
+MATCH_CAP = 32        # tokens compared backwards when ranking them
+
+
 class ContextLookup:
-    """Where each token 3-gram of the text last occurred. Input-grounded work (editing, fixing,
-    quoting) repeats its input: what followed the latest earlier occurrence of the text's last
-    three tokens is a copy candidate, a longer context than the tri-gram matrix's two tokens."""
+    """Where each token 3-gram occurred in the text. Input-grounded work (editing, fixing,
+    quoting) repeats its input: what followed an earlier occurrence of the text's last three
+    tokens is a copy candidate, a longer context than the tri-gram matrix's two tokens. Of the
+    latest COPY_CANDIDATES occurrences, the one whose preceding text matches the text's own end
+    the longest is copied (the latest on ties): the same line of the input, not merely the same
+    three tokens elsewhere."""
 
     def __init__(self, tokens=()):
         self.tokens: list = []
-        self._after: dict = {}   # 3-gram -> index of the token that followed its latest occurrence
+        self._after: dict = {}   # 3-gram -> indices of the tokens that followed its occurrences (oldest first)
         self.extend(tokens)
 
     def extend(self, tokens) -> None:
         t, after = self.tokens, self._after
         for x in tokens:
             if len(t) >= 3:  # the 3-gram ending at the current last token gets its successor now, so
-                after[(t[-3], t[-2], t[-1])] = len(t)  # the text's own suffix never matches itself
+                seen = after.setdefault((t[-3], t[-2], t[-1]), [])  # the text's own suffix never matches itself
+                seen.append(len(t))
+                if len(seen) > COPY_CANDIDATES:
+                    del seen[0]
             t.append(int(x))
 
+    def _match(self, at: int) -> int:
+        """How many tokens before index `at` equal the text's last ones (at most MATCH_CAP)."""
+        t, end, k = self.tokens, len(self.tokens), 0
+        while k < MATCH_CAP and k < at and t[at - 1 - k] == t[end - 1 - k]:
+            k += 1
+        return k
+
     def chain(self, n: int) -> list:
-        """Up to n tokens that followed the latest earlier occurrence of the last three tokens."""
+        """Up to n tokens that followed the best-matching earlier occurrence of the last three tokens."""
         t = self.tokens
-        at = self._after.get((t[-3], t[-2], t[-1])) if len(t) >= 3 else None
-        return [] if at is None else t[at:at + n]
+        found = self._after.get((t[-3], t[-2], t[-1])) if len(t) >= 3 and n > 0 else None
+        if not found:
+            return []
+        at = max(reversed(found), key=self._match)  # longest match; reversed: the latest wins ties
+        return t[at:at + n]
 
 
 def with_copy_chain(tree: DraftTree, chain) -> DraftTree:
@@ -296,20 +316,49 @@ def tree_layout(tree: DraftTree, seq: np.ndarray, n_seq: np.ndarray) -> int:
     return _tree_layout(np.ascontiguousarray(tree.parents, np.int32), seq, n_seq)
 
 
-def chain_first(tree: DraftTree) -> DraftTree:
-    """The same tree with its first chain (from the root, always the first-listed child) moved to
-    the front. The chain's KV cells then follow the pending token in order; an accepted path that
-    stays on it is kept as is, which makes the cache identical to one-token-at-a-time decoding."""
+@njit(cache=True)
+def _best_chain(parents, weight):
+    """Node indices of the root-to-leaf path with the largest summed weight (earlier-listed
+    children win ties); parents precede children."""
+    n = parents.shape[0]
+    below = np.zeros(n, np.float64)      # best summed weight of a path starting under node j
+    nxt = np.full(n, -1, np.int64)       # the child that path starts with
+    top, top_w = -1, -np.inf
+    for j in range(n - 1, -1, -1):       # children are final before their parents are reached
+        total = weight[j] + below[j]
+        p = parents[j]
+        if p >= 0:
+            if nxt[p] < 0 or total >= below[p]:
+                below[p], nxt[p] = total, j
+        elif top < 0 or total >= top_w:
+            top, top_w = j, total
+    path = []
+    node = top
+    while node >= 0:
+        path.append(node)
+        node = nxt[node]
+    return path
+
+
+def chain_first(tree: DraftTree, weight=None) -> DraftTree:
+    """The same tree with one root-to-leaf chain moved to the front: the chain with the largest
+    summed `weight` (the nodes' chances to be accepted: the expected accepted length along it),
+    or without weights the first-listed child at every level. The chain's KV cells then follow
+    the pending token in order; an accepted path that stays on it is kept as is, which makes the
+    cache identical to one-token-at-a-time decoding (tokens accepted off it are evaluated again)."""
     n = len(tree)
     if n == 0:
         return tree
-    chain, node = [], -1
-    while True:
-        child = next((j for j in range(n) if tree.parents[j] == node), None)
-        if child is None:
-            break
-        chain.append(child)
-        node = child
+    if weight is None:
+        chain, node = [], -1
+        while True:
+            child = next((j for j in range(n) if tree.parents[j] == node), None)
+            if child is None:
+                break
+            chain.append(child)
+            node = child
+    else:
+        chain = list(_best_chain(np.ascontiguousarray(tree.parents, np.int32), np.asarray(weight, np.float64)))
     on_chain = set(chain)
     rest = [j for j in range(n) if j not in on_chain]
     return tree.take(chain + rest)

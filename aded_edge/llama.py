@@ -320,6 +320,7 @@ class AdedLlama(llama_cpp.Llama):
             raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window of {self._n_ctx}")
         cfg, cost, matrix = self.draft_config, self.cost, self.matrix
         calibrator = self._calibrators[sampling.greedy]
+        calibrator.new_text()
         choose = make_chooser(sampling)
         t = time.perf_counter()
         # prefill exactly as plain decoding does (the whole prompt in one pass), so the KV cache and
@@ -347,7 +348,6 @@ class AdedLlama(llama_cpp.Llama):
             max_nodes = min(room, self._max_nodes - len(pending) + 1)
             full, tree, expected = draft_step(matrix, history, cfg, calibrator, cost, max_nodes, room, self.drafter, lookup)
             k = len(tree)
-            tree = chain_first(tree)
             t1 = time.perf_counter()
             # verify: the pending tokens and the whole tree in one llama_decode
             n_leaves = self._verify(tree, pending, n_past)
@@ -370,7 +370,7 @@ class AdedLlama(llama_cpp.Llama):
             if self.drafter is not None:
                 self.drafter.update(emitted)
             calibrator.track(full, start)
-            calibrator.learn(history, cfg.max_depth)
+            calibrator.learn(history)
             calibrator.settle(expected, len(accepted))
             t3 = time.perf_counter()
             cost.observe(len(pending) + k, t2 - t1, (t1 - t0) + (t3 - t2))

@@ -16,7 +16,7 @@ import numpy as np
 from .accept import walk_tree
 from .config import DraftConfig
 from .budget import CostModel, ReachCalibrator, draft_step
-from .draft import ContextLookup, build_draft
+from .draft import ContextLookup, build_draft, chain_first
 from .trigram import TrigramMatrix
 
 
@@ -41,23 +41,31 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
     config = config.replace(max_nodes=nodes, budget="auto" if cost is not None else "fixed")
     cost = cost or CostModel([1], [1.0])
     calibrator = ReachCalibrator()
-    build_draft(matrix, [0, 0], config)  # JIT warm-up outside the timing
-    tokens = steps = drafted = accepted = 0
+    warm = build_draft(matrix, [0, 0], config)  # JIT warm-up outside the timing
+    chain_first(warm, np.ones(len(warm)))
+    deepest = max(config.max_depth, config.copy_depth)  # no context window to run out of here
+    tokens = steps = drafted = accepted = redecoded = 0
     draft_s = verify_s = 0.0
     for rec in recorded:
         prompt, truth = rec["prompt"], rec["output"]
         matrix.update(prompt)
+        calibrator.new_text()
         history = list(prompt) + truth[:1]   # the first token comes from the prompt pass
         lookup = ContextLookup(history)
         out = truth[:1]
+        pending = 1                          # tokens emitted but not yet in the (simulated) KV cache
         while len(out) < len(truth):
             t = time.perf_counter()
-            full, tree, expected = draft_step(matrix, history, config, calibrator, cost, nodes, config.max_depth,
+            full, tree, expected = draft_step(matrix, history, config, calibrator, cost, nodes, deepest,
                                               lookup=lookup)
             draft_s += time.perf_counter() - t
-            verify_s += float(cost(len(tree) + 1))
+            verify_s += float(cost(len(tree) + pending))
             upcoming = iter(truth[len(out):])  # "the model" chooses the recorded tokens
             acc, emitted = walk_tree(tree, lambda row: row, lambda _row: next(upcoming, -1))
+            # as in decoding, accepted nodes off the batch's first chain are evaluated again next step
+            kept = next((j for j, node in enumerate(acc) if node != j), len(acc))
+            pending = 1 + len(acc) - kept
+            redecoded += pending - 1
             emitted = [t for t in emitted if t >= 0]
             start = len(history)
             history.extend(emitted)
@@ -65,7 +73,7 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
             out.extend(emitted)
             matrix.update(history[start - 2:], start=2)
             calibrator.track(full, start)
-            calibrator.learn(history, config.max_depth)
+            calibrator.learn(history)
             calibrator.settle(expected, len(acc))
             steps += 1
             drafted += len(tree)
@@ -74,7 +82,7 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
             raise AssertionError("replay did not reproduce the recorded output")
         tokens += len(truth) - 1
     plain_s = tokens * float(cost(1))
-    return dict(nodes=nodes, tokens=tokens, steps=steps, drafted=drafted, accepted=accepted,
+    return dict(nodes=nodes, tokens=tokens, steps=steps, drafted=drafted, accepted=accepted, redecoded=redecoded,
                 tokens_per_step=tokens / max(steps, 1), draft_us_per_token=1e6 * draft_s / max(tokens, 1),
                 draft_s=draft_s, verify_s=verify_s, plain_s=plain_s,
                 est_speedup=plain_s / max(verify_s + draft_s, 1e-12))

@@ -89,6 +89,34 @@ def test_calibrator_learns_from_true_continuations():
     assert np.allclose(cal3.predict(tree), ReachCalibrator().predict(tree))
 
 
+def test_deep_copy_chain_nodes_are_labelled_as_the_text_overtakes_them():
+    from aded_edge.budget import LABEL_CHUNK
+    from aded_edge.draft import with_copy_chain
+    chain = list(range(20, 36))                         # a 16-token copy chain, nothing else
+    tree = with_copy_chain(DraftTree.empty(), chain)
+    cal = ReachCalibrator()
+    prior = cal.predict(tree)
+    history = [1, 2]
+    cal.track(tree, len(history))
+    history += chain[:LABEL_CHUNK - 1]
+    cal.learn(history)
+    assert np.array_equal(cal.predict(tree), prior)     # not a whole chunk known yet: nothing labelled
+    history += chain[LABEL_CHUNK - 1:LABEL_CHUNK + 1]   # LABEL_CHUNK + 1 tokens known: the first chunk
+    cal.learn(history)
+    q = cal.predict(tree)
+    assert (q[:LABEL_CHUNK] > prior[:LABEL_CHUNK]).all()
+    assert np.array_equal(q[LABEL_CHUNK + 1:], prior[LABEL_CHUNK + 1:])
+    history += chain[LABEL_CHUNK + 1:]
+    cal.learn(history)
+    assert (cal.predict(tree) > prior).all()            # every depth up to 16 learnt, the tree forgotten
+    assert not cal._waiting
+    learnt = cal.predict(tree)
+    cal.track(tree, len(history))
+    cal.new_text()                                      # another generation: its history is not this one
+    cal.learn(list(range(100, 200)))                    # (labelled against it, every node would be a miss)
+    assert np.array_equal(cal.predict(tree), learnt) and not cal._waiting
+
+
 def test_order_by_keeps_every_prefix_a_tree():
     rng = np.random.default_rng(1)
     m = TrigramMatrix(50)

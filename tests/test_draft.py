@@ -159,6 +159,27 @@ def test_context_lookup_finds_the_latest_earlier_occurrence_never_itself():
     assert lk2.chain(3) == [5, 6, 7]
 
 
+def test_context_lookup_copies_the_occurrence_whose_preceding_text_matches_longest():
+    from aded_edge.draft import ContextLookup
+    text = [5, 1, 2, 3, 4, 4, 6, 1, 2, 3, 7, 7, 0, 5, 1, 2, 3]
+    lk = ContextLookup(text)
+    assert lk.chain(3) == [4, 4, 6]          # "5 1 2 3" matches 4 tokens there, "6 1 2 3" only 3
+    lk.extend([9, 6, 1, 2, 3])
+    assert lk.chain(2) == [7, 7]             # now the end reads "6 1 2 3": the other occurrence
+    assert lk.chain(0) == []
+
+
+def test_chain_first_with_weights_fronts_the_chain_of_largest_summed_weight():
+    from aded_edge.draft import chain_first
+    # root children 0 (weight .9, a leaf) and 1 (.6, with a chain 2 -> 3 of .5 and .5 below it)
+    tree = DraftTree(np.array([10, 11, 12, 13], np.int32), np.array([-1, -1, 1, 2], np.int32),
+                     np.array([1, 1, 2, 3], np.int32), np.ones(4, np.float32), np.ones(4, np.int32))
+    t = chain_first(tree, np.array([0.9, 0.6, 0.5, 0.5]))
+    assert t.tokens.tolist() == [11, 12, 13, 10] and t.parents.tolist() == [-1, 0, 1, -1]
+    assert chain_first(tree, np.array([0.9, 0.6, 0.1, 0.1])).tokens.tolist()[0] == 10  # 0.9 > 0.8
+    assert chain_first(tree).tokens.tolist()[0] == 10   # no weights: the first-listed child
+
+
 def test_copy_chain_is_merged_into_the_tree_as_a_valid_tree():
     from aded_edge.draft import with_copy_chain
     m, stream = random_matrix(3)

@@ -154,7 +154,8 @@ def test_kv_cache_holds_exactly_prompt_and_emitted_tokens_after_long_run(plain, 
     # the KV cache holds the prompt and every emitted token except the last (pending) one,
     # or a few more when the consumer stopped inside an accepted path
     assert aded.n_tokens == n_kv
-    assert len(prompt) + len(out) - 1 <= n_kv <= len(prompt) + len(out) - 1 + aded.draft_config.max_depth
+    deepest = max(aded.draft_config.max_depth, aded.draft_config.copy_depth)
+    assert len(prompt) + len(out) - 1 <= n_kv <= len(prompt) + len(out) - 1 + deepest
     assert list(aded.input_ids[:len(prompt)]) == prompt
     assert list(aded.input_ids[len(prompt):len(prompt) + len(out) - 1]) == out[:-1]
     assert aded.kv_sequences_empty(aded.draft_config.max_nodes + 1)
