@@ -20,6 +20,8 @@ from .draft import DraftTree, build_draft, chain_first, top_successor, with_copy
 # reach-probability bin edges of the calibration table (finer near 0 and 1)
 P_EDGES = np.array([0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0001])
 MAX_CAL_DEPTH = 16       # depths beyond share the last row
+COPY_PRIOR = 2.0         # weight (observations) of the calibration in a copy node's chance: whether
+                         # the answer copies its input is a property of the text, learnt from it
 LABEL_CHUNK = 4          # a waiting tree is labelled once this many more of its depths are known
 PRIOR_WEIGHT = 4.0       # pseudo-observations behind the initial belief
 PRIOR_TRUST = 0.5        # initial belief: a node is reached half as often as the matrix says
@@ -37,23 +39,30 @@ TRUST_RANGE = (0.25, 1.25)
 # ----------------------------------------------------------------------------- kernels
 
 @njit(cache=True)
-def _predict(depth, prob, seen, parents, hits, tries, edges):
-    """Calibrated reach probability per node, clamped to never exceed its parent's."""
+def _predict(depth, prob, seen, parents, hits, tries, text_hits, text_tries, edges):
+    """Calibrated reach probability per node, clamped to never exceed its parent's. A copy-chain
+    node's chance is this text's own copy record at its depth, with the calibration as a prior
+    worth COPY_PRIOR observations."""
     n = depth.shape[0]
     q = np.empty(n, np.float64)
     last_d, last_b = hits.shape[1] - 1, edges.shape[0] - 2
     for i in range(n):
         d = min(depth[i], last_d + 1) - 1
         b = min(max(np.searchsorted(edges, prob[i], side="right") - 1, 0), last_b)
-        s = np.int64(seen[i])
-        q[i] = hits[s, d, b] / tries[s, d, b]
+        q[i] = hits[np.int64(seen[i]), d, b] / tries[np.int64(seen[i]), d, b]
+        if parents[i] >= 0 and q[i] > q[parents[i]]:
+            q[i] = q[parents[i]]
+    for i in range(n):
+        if seen[i] == 2:
+            d = min(depth[i], last_d + 1) - 1
+            q[i] = (text_hits[d] + COPY_PRIOR * q[i]) / (text_tries[d] + COPY_PRIOR)
         if parents[i] >= 0 and q[i] > q[parents[i]]:
             q[i] = q[parents[i]]
     return q
 
 
 @njit(cache=True)
-def _observe(depth, prob, seen, parents, tokens, truth, done, hits, tries, edges):
+def _observe(depth, prob, seen, parents, tokens, truth, done, hits, tries, text_hits, text_tries, edges):
     """Label every node deeper than `done` whose depth the true continuation covers: reached or not."""
     n = depth.shape[0]
     reached = np.zeros(n, np.bool_)
@@ -71,6 +80,10 @@ def _observe(depth, prob, seen, parents, tokens, truth, done, hits, tries, edges
         tries[s, d, b] += 1.0
         if reached[i]:
             hits[s, d, b] += 1.0
+        if s == 2:
+            text_tries[d] += 1.0
+            if reached[i]:
+                text_hits[d] += 1.0
 
 
 @njit(cache=True)
@@ -180,13 +193,18 @@ class CostModel:
 
 class ReachCalibrator:
     """P(node reached | matrix reach probability, depth, kind of node), learnt from labelled
-    nodes; kinds: path not seen in this context, path seen in it, on the context's copy chain."""
+    nodes; kinds: path not seen in this context, path seen in it, on the context's copy chain.
+    Copy-chain nodes are also counted per depth for the current text alone, which decides their
+    chance once it has a few (an answer that copies its input, or one that does not)."""
 
     def __init__(self):
         mid = (P_EDGES[:-1] + np.minimum(P_EDGES[1:], 1.0)) / 2
         # one table per kind of node (DraftTree.seen: 0, 1, 2)
         self.tries = np.full((3, MAX_CAL_DEPTH, mid.size), PRIOR_WEIGHT)
         self.hits = np.tile(PRIOR_WEIGHT * PRIOR_TRUST * mid, (3, MAX_CAL_DEPTH, 1))
+        # copy-chain nodes of the current text only, per depth (see _predict)
+        self.text_hits = np.zeros(MAX_CAL_DEPTH)
+        self.text_tries = np.zeros(MAX_CAL_DEPTH)
         self._waiting = deque()  # [tree, index in the history of the token its depth-1 nodes predict,
                                  #  its depths labelled so far, its deepest depth]
         # trust: accepted / predicted drafts over the trees really verified. Choosing the
@@ -226,24 +244,29 @@ class ReachCalibrator:
             known = min(len(history) - start, deepest)
             if known >= min(done + LABEL_CHUNK, deepest):
                 _observe(tree.depth, tree.prob, tree.seen, tree.parents, tree.tokens,
-                         np.asarray(history[start:start + known], dtype=np.int64), done, self.hits, self.tries, P_EDGES)
+                         np.asarray(history[start:start + known], dtype=np.int64), done, self.hits, self.tries,
+                         self.text_hits, self.text_tries, P_EDGES)
                 item[2] = known
                 finished |= known == deepest
         if finished:
             self._waiting = deque(item for item in self._waiting if item[2] < item[3])
 
     def new_text(self) -> None:
-        """A new generation starts: the trees still waiting belonged to another history."""
+        """A new generation starts: the trees still waiting belonged to another history, and the
+        copy record was that text's."""
         self._waiting.clear()
+        self.text_hits[:] = 0.0
+        self.text_tries[:] = 0.0
 
     def predict(self, tree: DraftTree) -> np.ndarray:
         """Calibrated reach probability of every node, never above its parent's (before trust)."""
-        return _predict(tree.depth, tree.prob, tree.seen, tree.parents, self.hits, self.tries, P_EDGES)
+        return _predict(tree.depth, tree.prob, tree.seen, tree.parents, self.hits, self.tries, self.text_hits,
+                        self.text_tries, P_EDGES)
 
     def observe(self, tree: DraftTree, truth) -> None:
         """Label each node whose depth the true continuation covers (reached or not) and learn."""
         _observe(tree.depth, tree.prob, tree.seen, tree.parents, tree.tokens, np.asarray(truth, dtype=np.int64), 0,
-                 self.hits, self.tries, P_EDGES)
+                 self.hits, self.tries, self.text_hits, self.text_tries, P_EDGES)
 
 
 def order_by(tree: DraftTree, q: np.ndarray):

@@ -30,11 +30,12 @@ def load_recorded(path) -> list[dict]:
 
 def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, static=None,
            cost: CostModel | None = None) -> dict:
-    """Replay every recording with trees of up to `nodes` nodes (one matrix shared across
-    recordings, as in one decoding process; `static`: a corpus matrix's static arrays). With a
-    cost curve the auto budget chooses each step's tree exactly as decoding does, and the
-    verification time is estimated from the curve. Returns tokens, steps, drafted and accepted
-    counts, drafting time and (with a cost curve) estimated seconds of aded and of plain."""
+    """Replay every recording, in order, with trees of up to `nodes` nodes (one matrix and one
+    calibration shared across recordings, as in one decoding process such as a bench run;
+    `static`: a corpus matrix's static arrays). With a cost curve the auto budget chooses each
+    step's tree exactly as decoding does, and the verification time is estimated from the curve.
+    Returns tokens, steps, drafted and accepted counts, drafting time and (with a cost curve)
+    estimated seconds of aded and of plain, in total and per workload (`by_workload`)."""
     matrix = TrigramMatrix(n_vocab, top_k=config.top_k, increment=config.adapt_increment, cap=config.adapt_cap)
     if static is not None:
         matrix.set_static(*static)
@@ -44,10 +45,11 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
     warm = build_draft(matrix, [0, 0], config)  # JIT warm-up outside the timing
     chain_first(warm, np.ones(len(warm)))
     deepest = max(config.max_depth, config.copy_depth)  # no context window to run out of here
-    tokens = steps = drafted = accepted = redecoded = 0
-    draft_s = verify_s = 0.0
+    counts: dict[str, dict] = {}
     for rec in recorded:
         prompt, truth = rec["prompt"], rec["output"]
+        c = counts.setdefault(rec.get("workload", "-"), dict.fromkeys(
+            ("tokens", "steps", "drafted", "accepted", "redecoded", "draft_s", "verify_s"), 0))
         matrix.update(prompt)
         calibrator.new_text()
         history = list(prompt) + truth[:1]   # the first token comes from the prompt pass
@@ -58,14 +60,13 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
             t = time.perf_counter()
             full, tree, expected = draft_step(matrix, history, config, calibrator, cost, nodes, deepest,
                                               lookup=lookup)
-            draft_s += time.perf_counter() - t
-            verify_s += float(cost(len(tree) + pending))
+            c["draft_s"] += time.perf_counter() - t
+            c["verify_s"] += float(cost(len(tree) + pending))
             upcoming = iter(truth[len(out):])  # "the model" chooses the recorded tokens
             acc, emitted = walk_tree(tree, lambda row: row, lambda _row: next(upcoming, -1))
             # as in decoding, accepted nodes off the batch's first chain are evaluated again next step
             kept = next((j for j, node in enumerate(acc) if node != j), len(acc))
             pending = 1 + len(acc) - kept
-            redecoded += pending - 1
             emitted = [t for t in emitted if t >= 0]
             start = len(history)
             history.extend(emitted)
@@ -75,17 +76,23 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
             calibrator.track(full, start)
             calibrator.learn(history)
             calibrator.settle(expected, len(acc))
-            steps += 1
-            drafted += len(tree)
-            accepted += len(acc)
+            c["steps"] += 1
+            c["drafted"] += len(tree)
+            c["accepted"] += len(acc)
+            c["redecoded"] += pending - 1
         if out != truth:
             raise AssertionError("replay did not reproduce the recorded output")
-        tokens += len(truth) - 1
-    plain_s = tokens * float(cost(1))
-    return dict(nodes=nodes, tokens=tokens, steps=steps, drafted=drafted, accepted=accepted, redecoded=redecoded,
-                tokens_per_step=tokens / max(steps, 1), draft_us_per_token=1e6 * draft_s / max(tokens, 1),
-                draft_s=draft_s, verify_s=verify_s, plain_s=plain_s,
-                est_speedup=plain_s / max(verify_s + draft_s, 1e-12))
+        c["tokens"] += len(truth) - 1
+    total = {k: sum(c[k] for c in counts.values()) for k in ("tokens", "steps", "drafted", "accepted", "redecoded",
+                                                               "draft_s", "verify_s")}
+    return dict(_summary(total, nodes, cost), by_workload={w: _summary(c, nodes, cost) for w, c in counts.items()})
+
+
+def _summary(c: dict, nodes: int, cost: CostModel) -> dict:
+    plain_s = c["tokens"] * float(cost(1))
+    return dict(c, nodes=nodes, plain_s=plain_s, tokens_per_step=c["tokens"] / max(c["steps"], 1),
+                draft_us_per_token=1e6 * c["draft_s"] / max(c["tokens"], 1),
+                est_speedup=plain_s / max(c["verify_s"] + c["draft_s"], 1e-12))
 
 
 def load_costs(path) -> CostModel:

@@ -110,11 +110,29 @@ def test_deep_copy_chain_nodes_are_labelled_as_the_text_overtakes_them():
     cal.learn(history)
     assert (cal.predict(tree) > prior).all()            # every depth up to 16 learnt, the tree forgotten
     assert not cal._waiting
+    cal.new_text()                                      # another generation: its history is not this one
     learnt = cal.predict(tree)
     cal.track(tree, len(history))
-    cal.new_text()                                      # another generation: its history is not this one
+    cal.new_text()
     cal.learn(list(range(100, 200)))                    # (labelled against it, every node would be a miss)
     assert np.array_equal(cal.predict(tree), learnt) and not cal._waiting
+
+
+def test_copy_chances_follow_the_current_text():
+    from aded_edge.draft import with_copy_chain
+    chain = list(range(20, 28))
+    tree = with_copy_chain(DraftTree.empty(), chain)
+    cal = ReachCalibrator()
+    for _ in range(200):                                # earlier texts: copying was always right
+        cal.observe(tree, chain)
+    cal.new_text()
+    trusted = cal.predict(tree)
+    assert (trusted > 0.9).all()
+    for _ in range(3):                                  # this text: three copies, each wrong at once
+        cal.observe(tree, [1] * 8)
+    assert (cal.predict(tree) < 0.5 * trusted).all()    # a few of its own outweigh 200 earlier ones
+    cal.new_text()
+    assert np.allclose(cal.predict(tree), trusted, atol=0.02)   # the next text starts from the calibration
 
 
 def test_order_by_keeps_every_prefix_a_tree():
