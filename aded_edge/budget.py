@@ -20,7 +20,7 @@ from .draft import DraftTree, build_draft, chain_first, top_successor, with_copy
 # reach-probability bin edges of the calibration table (finer near 0 and 1)
 P_EDGES = np.array([0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0001])
 MAX_CAL_DEPTH = 16       # depths beyond share the last row
-COPY_PRIOR = 2.0         # weight (observations) of the calibration in a copy node's chance: whether
+COPY_PRIOR = 1.0         # weight (observations) of the calibration in a copy node's chance: whether
                          # the answer copies its input is a property of the text, learnt from it
 LABEL_CHUNK = 4          # a waiting tree is labelled once this many more of its depths are known
 PRIOR_WEIGHT = 4.0       # pseudo-observations behind the initial belief
