@@ -340,25 +340,16 @@ def _best_chain(parents, weight):
     return path
 
 
-def chain_first(tree: DraftTree, weight=None) -> DraftTree:
+def chain_first(tree: DraftTree, weight) -> DraftTree:
     """The same tree with one root-to-leaf chain moved to the front: the chain with the largest
-    summed `weight` (the nodes' chances to be accepted: the expected accepted length along it),
-    or without weights the first-listed child at every level. The chain's KV cells then follow
+    summed `weight` (the nodes' chances to be accepted: the expected accepted length along it;
+    earlier-listed children win ties). The chain's KV cells then follow
     the pending token in order; an accepted path that stays on it is kept as is, which makes the
     cache identical to one-token-at-a-time decoding (tokens accepted off it are evaluated again)."""
     n = len(tree)
     if n == 0:
         return tree
-    if weight is None:
-        chain, node = [], -1
-        while True:
-            child = next((j for j in range(n) if tree.parents[j] == node), None)
-            if child is None:
-                break
-            chain.append(child)
-            node = child
-    else:
-        chain = list(_best_chain(np.ascontiguousarray(tree.parents, np.int32), np.asarray(weight, np.float64)))
+    chain = list(_best_chain(np.ascontiguousarray(tree.parents, np.int32), np.asarray(weight, np.float64)))
     on_chain = set(chain)
     rest = [j for j in range(n) if j not in on_chain]
     return tree.take(chain + rest)

@@ -25,7 +25,7 @@ from . import models, store
 from .accept import Sampling, make_chooser, walk_tree
 from .budget import CostModel, ReachCalibrator, draft_step
 from .config import DraftConfig
-from .draft import ContextLookup, DraftTree, chain_first, tree_layout
+from .draft import ContextLookup, DraftTree, tree_layout
 from .gguf import read_gguf
 from .stats import DecodeStats
 from .trigram import MatrixFileError, TrigramMatrix
@@ -115,8 +115,7 @@ class AdedLlama(llama_cpp.Llama):
                                                   calibrator, cost, 4, 2, lookup=lookup)
                 calibrator.observe(full, [0, 1])
                 calibrator.settle(expected, 0)
-        tree = chain_first(full)
-        tree_layout(tree, np.zeros((len(tree) + 1, len(tree) + 1), np.int32), np.zeros(len(tree) + 1, np.int32))
+        tree_layout(full, np.zeros((len(full) + 1, len(full) + 1), np.int32), np.zeros(len(full) + 1, np.int32))
 
     def _unsupported_model(self, kwargs) -> str:
         if self._is_recurrent or self._is_hybrid:

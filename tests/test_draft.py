@@ -19,6 +19,15 @@ def random_matrix(seed, v=60, n=3000, top_k=12):
     return m, stream
 
 
+def _path(tree, i):
+    """The tokens from the root to node i."""
+    out = []
+    while i >= 0:
+        out.append(int(tree.tokens[i]))
+        i = int(tree.parents[i])
+    return out[::-1]
+
+
 def assert_valid_tree(tree: DraftTree, matrix, context, cfg, max_nodes):
     n = len(tree)
     assert n <= max_nodes
@@ -111,22 +120,27 @@ def test_tree_layout_matches_naive(seed):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_chain_first_puts_the_first_chain_in_front_and_stays_a_tree(seed):
+def test_chain_first_puts_the_heaviest_chain_in_front_and_stays_a_tree(seed):
     from aded_edge.draft import chain_first
     m, stream = random_matrix(seed)
     cfg = DraftConfig(max_nodes=30)
     ctx = stream[10:12]
     tree = build_draft(m, ctx, cfg)
-    t = chain_first(tree)
+    weight = np.random.default_rng(seed).random(len(tree))
+    t = chain_first(tree, weight)
     assert_valid_tree(t, m, ctx, cfg, cfg.max_nodes)
-    # node j of the front chain is the first-listed child of node j - 1 (root for j = 0)
-    j = 0
+    j = 0                                     # the front chain: node j is a child of node j - 1
     while j < len(t) and t.parents[j] == j - 1:
-        want = next(i for i in range(len(tree)) if tree.parents[i] == (-1 if j == 0 else chain_src))
-        assert t.tokens[j] == tree.tokens[want]
-        chain_src = want
         j += 1
     assert j >= 1 and (j - 1) not in t.parents.tolist()  # the chain runs until a node without children
+    def path_weight(leaf):                    # summed weight from the root to a leaf of `tree`
+        total = 0.0
+        while leaf >= 0:
+            total, leaf = total + weight[leaf], int(tree.parents[leaf])
+        return total
+    front = next(i for i in range(len(tree)) if _path(tree, i) == _path(t, j - 1))  # its leaf in `tree`
+    leaves = [i for i in range(len(tree)) if i not in tree.parents.tolist()]
+    assert path_weight(front) == pytest.approx(max(path_weight(leaf) for leaf in leaves))
     assert sorted(zip(t.tokens.tolist(), t.depth.tolist())) == sorted(zip(tree.tokens.tolist(), tree.depth.tolist()))
 
 
@@ -177,7 +191,6 @@ def test_chain_first_with_weights_fronts_the_chain_of_largest_summed_weight():
     t = chain_first(tree, np.array([0.9, 0.6, 0.5, 0.5]))
     assert t.tokens.tolist() == [11, 12, 13, 10] and t.parents.tolist() == [-1, 0, 1, -1]
     assert chain_first(tree, np.array([0.9, 0.6, 0.1, 0.1])).tokens.tolist()[0] == 10  # 0.9 > 0.8
-    assert chain_first(tree).tokens.tolist()[0] == 10   # no weights: the first-listed child
 
 
 def test_copy_chain_is_merged_into_the_tree_as_a_valid_tree():
