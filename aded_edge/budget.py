@@ -284,9 +284,9 @@ def pay_threshold(cost: CostModel, max_k: int = 64, min_gain: float = 0.0) -> fl
 
 def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, cost: CostModel,
                max_nodes: int, max_depth: int, drafter=None, lookup=None) -> tuple[DraftTree, DraftTree, float]:
-    """(searched tree, the part of it worth verifying now -- its most promising chain first, see
-    draft.chain_first --, that part's summed calibrated reach
-    probability: the accepted drafts it predicts, for ReachCalibrator.settle). `lookup` (a
+    """(searched tree, the part of it worth verifying now (its most promising chain first, see
+    draft.chain_first), that part's summed calibrated reach probability: the accepted drafts it
+    predicts, for ReachCalibrator.settle). `lookup` (a
     draft.ContextLookup of history) adds the context's copy chain to the MCTS tree. When there is
     no copy chain and even the matrix's best guess for the next token cannot pay for a batch, no
     search is run and the guess alone is returned as the searched tree, so the calibration still

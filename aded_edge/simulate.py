@@ -28,6 +28,9 @@ def load_recorded(path) -> list[dict]:
     return rows
 
 
+COUNTS = ("tokens", "steps", "drafted", "accepted", "redecoded", "draft_s", "verify_s")  # summed per workload
+
+
 def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, static=None,
            cost: CostModel | None = None) -> dict:
     """Replay every recording, in order, with trees of up to `nodes` nodes (one matrix and one
@@ -48,8 +51,7 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
     counts: dict[str, dict] = {}
     for rec in recorded:
         prompt, truth = rec["prompt"], rec["output"]
-        c = counts.setdefault(rec.get("workload", "-"), dict.fromkeys(
-            ("tokens", "steps", "drafted", "accepted", "redecoded", "draft_s", "verify_s"), 0))
+        c = counts.setdefault(rec.get("workload", "-"), dict.fromkeys(COUNTS, 0))
         matrix.update(prompt)
         calibrator.new_text()
         history = list(prompt) + truth[:1]   # the first token comes from the prompt pass
@@ -83,8 +85,7 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
         if out != truth:
             raise AssertionError("replay did not reproduce the recorded output")
         c["tokens"] += len(truth) - 1
-    total = {k: sum(c[k] for c in counts.values()) for k in ("tokens", "steps", "drafted", "accepted", "redecoded",
-                                                               "draft_s", "verify_s")}
+    total = {k: sum(c[k] for c in counts.values()) for k in COUNTS}
     return dict(_summary(total, nodes, cost), by_workload={w: _summary(c, nodes, cost) for w, c in counts.items()})
 
 
