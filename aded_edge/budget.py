@@ -20,6 +20,8 @@ from .draft import DraftTree, build_draft, chain_first, top_successor, with_copy
 # reach-probability bin edges of the calibration table (finer near 0 and 1)
 P_EDGES = np.array([0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0001])
 MAX_CAL_DEPTH = 16       # depths beyond share the last row
+KINDS = 5                # calibration rows: 0, 1 matrix kinds (DraftTree.seen), 2-4 copies found by a
+COPY_ROW = 5             # 3-, 2-, 1-token match (row COPY_ROW - DraftTree.copied)
 COPY_PRIOR = 1.0         # weight (observations) of the calibration in a copy node's chance: whether
                          # the answer copies its input is a property of the text, learnt from it
 LABEL_CHUNK = 4          # a waiting tree is labelled once this many more of its depths are known
@@ -39,30 +41,30 @@ TRUST_RANGE = (0.25, 1.25)
 # ----------------------------------------------------------------------------- kernels
 
 @njit(cache=True)
-def _predict(depth, prob, seen, parents, hits, tries, text_hits, text_tries, edges):
-    """Calibrated reach probability per node, clamped to never exceed its parent's. A copy-chain
-    node's chance is this text's own copy record at its depth, with the calibration as a prior
-    worth COPY_PRIOR observations."""
+def _predict(depth, prob, seen, copied, parents, hits, tries, text_hits, text_tries, edges):
+    """Calibrated reach probability per node, clamped to never exceed its parent's. A node on the
+    copy chain takes the larger of its matrix kind's chance and its copy's: this text's own record
+    of that kind of copy at its depth, with the calibration as a prior worth COPY_PRIOR observations."""
     n = depth.shape[0]
-    q = np.empty(n, np.float64)
+    q = np.zeros(n, np.float64)
     last_d, last_b = hits.shape[1] - 1, edges.shape[0] - 2
     for i in range(n):
         d = min(depth[i], last_d + 1) - 1
         b = min(max(np.searchsorted(edges, prob[i], side="right") - 1, 0), last_b)
-        q[i] = hits[np.int64(seen[i]), d, b] / tries[np.int64(seen[i]), d, b]
-        if parents[i] >= 0 and q[i] > q[parents[i]]:
-            q[i] = q[parents[i]]
-    for i in range(n):
-        if seen[i] == 2:
-            d = min(depth[i], last_d + 1) - 1
-            q[i] = (text_hits[d] + COPY_PRIOR * q[i]) / (text_tries[d] + COPY_PRIOR)
+        s = np.int64(seen[i])
+        if s < 2:
+            q[i] = hits[s, d, b] / tries[s, d, b]
+        if copied[i] > 0:
+            r = COPY_ROW - np.int64(copied[i])
+            prior = hits[r, d, b] / tries[r, d, b]
+            q[i] = max(q[i], (text_hits[r, d] + COPY_PRIOR * prior) / (text_tries[r, d] + COPY_PRIOR))
         if parents[i] >= 0 and q[i] > q[parents[i]]:
             q[i] = q[parents[i]]
     return q
 
 
 @njit(cache=True)
-def _observe(depth, prob, seen, parents, tokens, truth, done, hits, tries, text_hits, text_tries, edges):
+def _observe(depth, prob, seen, copied, parents, tokens, truth, done, hits, tries, text_hits, text_tries, edges):
     """Label every node deeper than `done` whose depth the true continuation covers: reached or not."""
     n = depth.shape[0]
     reached = np.zeros(n, np.bool_)
@@ -76,14 +78,17 @@ def _observe(depth, prob, seen, parents, tokens, truth, done, hits, tries, text_
             continue
         d = min(depth[i], last_d + 1) - 1
         b = min(max(np.searchsorted(edges, prob[i], side="right") - 1, 0), last_b)
+        hit = 1.0 if reached[i] else 0.0
         s = np.int64(seen[i])
-        tries[s, d, b] += 1.0
-        if reached[i]:
-            hits[s, d, b] += 1.0
-        if s == 2:
-            text_tries[d] += 1.0
-            if reached[i]:
-                text_hits[d] += 1.0
+        if s < 2:
+            tries[s, d, b] += 1.0
+            hits[s, d, b] += hit
+        if copied[i] > 0:
+            r = COPY_ROW - np.int64(copied[i])
+            tries[r, d, b] += 1.0
+            hits[r, d, b] += hit
+            text_tries[r, d] += 1.0
+            text_hits[r, d] += hit
 
 
 @njit(cache=True)
@@ -193,18 +198,19 @@ class CostModel:
 
 class ReachCalibrator:
     """P(node reached | matrix reach probability, depth, kind of node), learnt from labelled
-    nodes; kinds: path not seen in this context, path seen in it, on the context's copy chain.
-    Copy-chain nodes are also counted per depth for the current text alone, which decides their
-    chance once it has a few (an answer that copies its input, or one that does not)."""
+    nodes; kinds: path not seen in this context, path seen in it, on the context's copy chain
+    (found by a 3-, 2- or 1-token match). Copy-chain nodes are also counted per kind and depth for
+    the current text alone, which decides their chance once it has a few (an answer that copies
+    its input, or one that does not)."""
 
     def __init__(self):
         mid = (P_EDGES[:-1] + np.minimum(P_EDGES[1:], 1.0)) / 2
-        # one table per kind of node (DraftTree.seen: 0, 1, 2)
-        self.tries = np.full((3, MAX_CAL_DEPTH, mid.size), PRIOR_WEIGHT)
-        self.hits = np.tile(PRIOR_WEIGHT * PRIOR_TRUST * mid, (3, MAX_CAL_DEPTH, 1))
-        # copy-chain nodes of the current text only, per depth (see _predict)
-        self.text_hits = np.zeros(MAX_CAL_DEPTH)
-        self.text_tries = np.zeros(MAX_CAL_DEPTH)
+        # one table per kind of node (rows: see KINDS)
+        self.tries = np.full((KINDS, MAX_CAL_DEPTH, mid.size), PRIOR_WEIGHT)
+        self.hits = np.tile(PRIOR_WEIGHT * PRIOR_TRUST * mid, (KINDS, MAX_CAL_DEPTH, 1))
+        # copy-chain nodes of the current text only, per kind and depth (see _predict)
+        self.text_hits = np.zeros((KINDS, MAX_CAL_DEPTH))
+        self.text_tries = np.zeros((KINDS, MAX_CAL_DEPTH))
         self._waiting = deque()  # [tree, index in the history of the token its depth-1 nodes predict,
                                  #  its depths labelled so far, its deepest depth]
         # trust: accepted / predicted drafts over the trees really verified. Choosing the
@@ -243,7 +249,7 @@ class ReachCalibrator:
             tree, start, done, deepest = item
             known = min(len(history) - start, deepest)
             if known >= min(done + LABEL_CHUNK, deepest):
-                _observe(tree.depth, tree.prob, tree.seen, tree.parents, tree.tokens,
+                _observe(tree.depth, tree.prob, tree.seen, tree.copied, tree.parents, tree.tokens,
                          np.asarray(history[start:start + known], dtype=np.int64), done, self.hits, self.tries,
                          self.text_hits, self.text_tries, P_EDGES)
                 item[2] = known
@@ -260,12 +266,12 @@ class ReachCalibrator:
 
     def predict(self, tree: DraftTree) -> np.ndarray:
         """Calibrated reach probability of every node, never above its parent's (before trust)."""
-        return _predict(tree.depth, tree.prob, tree.seen, tree.parents, self.hits, self.tries, self.text_hits,
+        return _predict(tree.depth, tree.prob, tree.seen, tree.copied, tree.parents, self.hits, self.tries, self.text_hits,
                         self.text_tries, P_EDGES)
 
     def observe(self, tree: DraftTree, truth) -> None:
         """Label each node whose depth the true continuation covers (reached or not) and learn."""
-        _observe(tree.depth, tree.prob, tree.seen, tree.parents, tree.tokens, np.asarray(truth, dtype=np.int64), 0,
+        _observe(tree.depth, tree.prob, tree.seen, tree.copied, tree.parents, tree.tokens, np.asarray(truth, dtype=np.int64), 0,
                  self.hits, self.tries, self.text_hits, self.text_tries, P_EDGES)
 
 
@@ -286,12 +292,12 @@ def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, c
                max_nodes: int, max_depth: int, drafter=None, lookup=None) -> tuple[DraftTree, DraftTree, float]:
     """(searched tree, the part of it worth verifying now (its most promising chain first, see
     draft.chain_first), that part's summed calibrated reach probability: the accepted drafts it
-    predicts, for ReachCalibrator.settle). `lookup` (a
-    draft.ContextLookup of history) adds the context's copy chain to the MCTS tree. When there is
-    no copy chain and even the matrix's best guess for the next token cannot pay for a batch, no
-    search is run and the guess alone is returned as the searched tree, so the calibration still
-    learns from it. `drafter` (an object with draft(history, max_nodes, max_depth) -> DraftTree)
-    replaces the MCTS search, the copy chain and the probe."""
+    predicts, for ReachCalibrator.settle). `lookup` (a draft.ContextLookup of history) adds the
+    context's copy chain to the MCTS tree. When neither the copy chain's first token nor the
+    matrix's best guess for the next token can pay for a batch, no search is run and those two
+    alone are returned as the searched tree, so the calibration still learns from them. `drafter`
+    (an object with draft(history, max_nodes, max_depth) -> DraftTree) replaces the MCTS search,
+    the copy chain and the probe."""
     if max_nodes <= 0 or max_depth <= 0:
         return DraftTree.empty(), DraftTree.empty(), 0.0
     auto = cfg.budget == "auto"
@@ -299,13 +305,15 @@ def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, c
     if drafter is not None:
         full = drafter.draft(history, max_nodes, max_depth)
     else:
-        chain = lookup.chain(min(max_depth, cfg.copy_depth)) if lookup is not None else []
-        if auto and not chain:
-            probe = top_successor(matrix, history[-2:])
-            if len(probe) == 0 or calibrator.predict(probe)[0] * trust <= pay_threshold(cost, max_nodes, cfg.min_gain):
+        chain, order = lookup.chain(min(max_depth, cfg.copy_depth)) if lookup is not None else ([], 0)
+        if auto:  # q never rises from parent to child: if no first token can pay, no tree can
+            probe = with_copy_chain(top_successor(matrix, history[-2:]), chain, order)
+            first = probe.depth == 1
+            if not first.any() or (calibrator.predict(probe)[first].max() * trust
+                                   <= pay_threshold(cost, max_nodes, cfg.min_gain)):
                 return probe, probe.head(0), 0.0
         full = build_draft(matrix, history[-2:], cfg, max_nodes=max_nodes, max_depth=max_depth)
-        full = with_copy_chain(full, chain)
+        full = with_copy_chain(full, chain, order)
     tree, q = order_by(full, calibrator.predict(full))
     q = q[:max_nodes]  # a copy chain may have made the tree larger than the batch allows
     k = len(q) if not auto else best_size(np.minimum(q * trust, 1.0), cost, cfg.min_accept_prob, cfg.min_gain)

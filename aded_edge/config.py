@@ -15,6 +15,7 @@ class DraftConfig:
     top_k: int = 12             # successors kept per (t-2, t-1) pair, in the matrix and in the tree
     max_nodes: int = 64         # node budget of one draft tree (batch = nodes + 1)
     copy_depth: int = 16        # longest copy chain from the context (draft.ContextLookup); 0: none
+    copy_ngram: int = 2         # shortest match (3, 2 or 1 tokens) that resumes a copy after an edit (3: never)
     # --- adaptation of the tri-gram matrix while decoding ---
     adapt_increment: float = 0.5  # weight added to a tri-gram each time the context or output shows it
     adapt_cap: float = 4.0        # ceiling of an adapted weight (keeps old habits from freezing the tree)
@@ -32,6 +33,7 @@ class DraftConfig:
             (1 <= self.max_depth <= 32, "max_depth must be in 1..32"),
             (1 <= self.top_k <= 64, "top_k must be in 1..64"),
             (0 <= self.copy_depth <= 64, "copy_depth must be in 0..64"),
+            (1 <= self.copy_ngram <= 3, "copy_ngram must be in 1..3"),
             (0 <= self.max_nodes <= 255, "max_nodes must be in 0..255 (llama.cpp allows 256 sequences)"),
             (self.adapt_increment >= 0, "adapt_increment must be >= 0"),
             (self.adapt_cap >= self.adapt_increment, "adapt_cap must be >= adapt_increment"),

@@ -24,12 +24,15 @@ class DraftTree:
     depth: np.ndarray    # int32 [n] 1 for children of the pending token; parents precede children
     prob: np.ndarray     # float32 [n] matrix probability that the path to this node is taken
     visits: np.ndarray   # int32 [n] MCTS visit count
-    seen: np.ndarray = None  # [n] 1: every edge on the path is a tri-gram seen in this context, 0: not (None:
-                             # unknown), 2: the node lies on the context's copy chain (see with_copy_chain)
+    seen: np.ndarray = None    # uint8 [n] 1: every edge on the path is a tri-gram seen in this context, 0: not
+                               # (None: unknown), 2: a copy node the MCTS search did not find (no matrix kind)
+    copied: np.ndarray = None  # uint8 [n] on the context's copy chain: length of the n-gram that found the
+                               # copy (3, 2, 1); 0: not on it (see with_copy_chain)
 
     def __post_init__(self):
-        if self.seen is None:
-            object.__setattr__(self, "seen", np.zeros(self.tokens.shape[0], np.bool_))
+        for name in ("seen", "copied"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.zeros(self.tokens.shape[0], np.uint8))
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -37,7 +40,7 @@ class DraftTree:
     def head(self, n: int) -> "DraftTree":
         """The first n nodes: still a tree, because parents come before their children."""
         return DraftTree(self.tokens[:n], self.parents[:n], self.depth[:n], self.prob[:n], self.visits[:n],
-                         self.seen[:n])
+                         self.seen[:n], self.copied[:n])
 
     def take(self, order) -> "DraftTree":
         """The nodes in a new order (a permutation that keeps parents before children), with the
@@ -47,7 +50,7 @@ class DraftTree:
         inverse[order] = np.arange(order.size)
         parents = np.where(self.parents[order] >= 0, inverse[np.maximum(self.parents[order], 0)], -1)
         return DraftTree(self.tokens[order], parents.astype(np.int32), self.depth[order], self.prob[order],
-                         self.visits[order], self.seen[order])
+                         self.visits[order], self.seen[order], self.copied[order])
 
     @staticmethod
     def empty() -> "DraftTree":
@@ -186,11 +189,13 @@ def build_draft(matrix: TrigramMatrix, context, config: DraftConfig, max_nodes: 
     t, p, d, r, v, seen = _mcts(np.int64(ctx_a), np.int64(pending), matrix.n_vocab, *matrix.kernel_arrays(),
                           min(config.top_k, matrix.top_k), config.n_simulations, depth, nodes,
                           np.float32(config.c1), np.float32(config.c2))
-    return DraftTree(t, p, d, r, v, seen)
+    return DraftTree(t, p, d, r, v, seen.astype(np.uint8))
 
 
 COPY_CANDIDATES = 16  # latest occurrences of each 3-gram among which a copy source is chosen
 MATCH_CAP = 32        # tokens compared backwards when ranking them
+RESYNC_WINDOW = 16    # how far from where the last copy's source has got to a copy may resume
+RESYNC_AFTER = 4      # tokens of a copy the text must have followed before it may be resumed
 
 
 class ContextLookup:
@@ -199,22 +204,39 @@ class ContextLookup:
     tokens is a copy candidate, a longer context than the tri-gram matrix's two tokens. Of the
     latest COPY_CANDIDATES occurrences, the one whose preceding text matches the text's own end
     the longest is copied (the latest on ties): the same line of the input, not merely the same
-    three tokens elsewhere."""
+    three tokens elsewhere.
 
-    def __init__(self, tokens=()):
+    After an edit the text's last three tokens are new, yet the input goes on where the copy
+    left off: the copy then resumes after the last two tokens (or, down to `min_order`, the last
+    one) found within RESYNC_WINDOW tokens of the point the last copy's source has reached."""
+
+    def __init__(self, tokens=(), min_order: int = 1):
+        if min_order not in (1, 2, 3):
+            raise ValueError("min_order must be 1, 2 or 3")
         self.tokens: list = []
+        self.min_order = min_order
         self._after: dict = {}   # 3-gram -> indices of the tokens that followed its occurrences (oldest first)
+        self._src = -1           # index of the next source token of the current copy (-1: none yet)
+        self._confirmed = 0      # tokens of that copy the text has followed
+        self._since = 0          # tokens written since the text last followed it
         self.extend(tokens)
 
     def extend(self, tokens) -> None:
         t, after = self.tokens, self._after
         for x in tokens:
+            x = int(x)
+            if 0 <= self._src < len(t) and t[self._src] == x:  # the text follows its copy source
+                self._src += 1
+                self._confirmed += 1
+                self._since = 0
+            else:
+                self._since += 1
             if len(t) >= 3:  # the 3-gram ending at the current last token gets its successor now, so
                 seen = after.setdefault((t[-3], t[-2], t[-1]), [])  # the text's own suffix never matches itself
                 seen.append(len(t))
                 if len(seen) > COPY_CANDIDATES:
                     del seen[0]
-            t.append(int(x))
+            t.append(x)
 
     def _match(self, at: int) -> int:
         """How many tokens before index `at` equal the text's last ones (at most MATCH_CAP)."""
@@ -223,23 +245,48 @@ class ContextLookup:
             k += 1
         return k
 
-    def chain(self, n: int) -> list:
-        """Up to n tokens that followed the best-matching earlier occurrence of the last three tokens."""
+    def _resync(self) -> tuple[int, int]:
+        """(index to copy from, length of the match found there) near where the last copy's source
+        has got to, for the text's last 2 then last 1 tokens; (-1, 0) when neither is there."""
+        t, end = self.tokens, len(self.tokens)
+        expect = self._src + self._since
+        for order in (2, 1):
+            if order < self.min_order:
+                break
+            near = [at for at in range(max(expect - RESYNC_WINDOW, order), min(expect + RESYNC_WINDOW + 1, end))
+                    if t[at - order:at] == t[end - order:]]
+            if near:
+                return min(near, key=lambda at: abs(at - expect)), order
+        return -1, 0
+
+    def chain(self, n: int) -> tuple[list, int]:
+        """(up to n tokens to copy, the length of the match that found them: 3 for the text's
+        last three tokens, 2 or 1 when resumed after an edit); ([], 0) when there is none."""
         t = self.tokens
-        found = self._after.get((t[-3], t[-2], t[-1])) if len(t) >= 3 and n > 0 else None
-        if not found:
-            return []
-        at = max(reversed(found), key=self._match)  # longest match; reversed: the latest wins ties
-        return t[at:at + n]
+        if n <= 0 or len(t) < 3:
+            return [], 0
+        found = self._after.get((t[-3], t[-2], t[-1]))
+        if found:
+            at, order = max(reversed(found), key=self._match), 3  # longest match; reversed: the latest wins ties
+        elif self._confirmed >= RESYNC_AFTER:
+            at, order = self._resync()
+        else:
+            at, order = -1, 0
+        if at < 0:
+            return [], 0
+        if at != self._src:  # a new source (not the one the text is following): unconfirmed yet
+            self._src, self._confirmed, self._since = at, 0, 0
+        return t[at:at + n], order
 
 
-def with_copy_chain(tree: DraftTree, chain) -> DraftTree:
-    """The tree with the chain hung below the root: nodes already on its path are marked (seen =
-    2), the rest appended as new nodes (prob 1, one visit), so the calibration learns apart how
-    often copying is right."""
+def with_copy_chain(tree: DraftTree, chain, order: int = 3) -> DraftTree:
+    """The tree with the chain (found by an n-gram of `order` tokens) hung below the root: nodes
+    already on its path keep their matrix kind and are marked copied = order, the rest appended
+    as new nodes (prob 1, one visit, seen = 2: no matrix kind), so the calibration learns apart
+    how often each kind of copy is right."""
     if not len(chain):
         return tree
-    seen = tree.seen.astype(np.uint8)
+    copied = tree.copied.copy()
     new_tok, new_par, new_dep = [], [], []
     parent, n = -1, len(tree)
     for d, tok in enumerate(chain, start=1):
@@ -247,7 +294,7 @@ def with_copy_chain(tree: DraftTree, chain) -> DraftTree:
             hit = np.flatnonzero((tree.parents == parent) & (tree.tokens == tok))
             if hit.size:
                 parent = int(hit[0])
-                seen[parent] = 2
+                copied[parent] = order
                 continue
         new_tok.append(tok)
         new_par.append(parent)
@@ -255,13 +302,14 @@ def with_copy_chain(tree: DraftTree, chain) -> DraftTree:
         parent = n + len(new_tok) - 1
     k = len(new_tok)
     if k == 0:
-        return DraftTree(tree.tokens, tree.parents, tree.depth, tree.prob, tree.visits, seen)
+        return DraftTree(tree.tokens, tree.parents, tree.depth, tree.prob, tree.visits, tree.seen, copied)
     return DraftTree(np.concatenate([tree.tokens, np.array(new_tok, np.int32)]),
                      np.concatenate([tree.parents, np.array(new_par, np.int32)]),
                      np.concatenate([tree.depth, np.array(new_dep, np.int32)]),
                      np.concatenate([tree.prob, np.ones(k, np.float32)]),
                      np.concatenate([tree.visits, np.ones(k, np.int32)]),
-                     np.concatenate([seen, np.full(k, 2, np.uint8)]))
+                     np.concatenate([tree.seen, np.full(k, 2, np.uint8)]),
+                     np.concatenate([copied, np.full(k, order, np.uint8)]))
 
 
 def top_successor(matrix: TrigramMatrix, context) -> DraftTree:
@@ -272,7 +320,7 @@ def top_successor(matrix: TrigramMatrix, context) -> DraftTree:
         return DraftTree.empty()
     one = np.ones(1, np.int32)
     return DraftTree(np.array([best[0]], np.int32), np.full(1, -1, np.int32), one, np.array([best[1]], np.float32),
-                     one, np.array([best[2]]))
+                     one, np.array([best[2]], np.uint8))
 
 
 @njit(cache=True)

@@ -333,7 +333,7 @@ class AdedLlama(llama_cpp.Llama):
         if stopping_criteria is not None and stopping_criteria(np.asarray(prompt, dtype=np.intc), self._logits_row(-1)):
             return
         history = list(prompt) + [first]  # every token emitted so far
-        lookup = ContextLookup(history)   # the copy chain's index of it
+        lookup = ContextLookup(history, cfg.copy_ngram)   # the copy chain's index of it
         n_past = len(prompt)              # tokens in the KV cache (seq 0) = history[:n_past]
         stats.generated += 1
         yield first

@@ -118,6 +118,29 @@ def test_deep_copy_chain_nodes_are_labelled_as_the_text_overtakes_them():
     assert np.array_equal(cal.predict(tree), learnt) and not cal._waiting
 
 
+def test_a_copy_node_the_search_also_found_takes_the_better_of_its_two_chances():
+    from aded_edge.draft import with_copy_chain
+    def node(prob):                                     # one depth-1 node the MCTS search found
+        return DraftTree(np.array([5], np.int32), np.array([-1], np.int32), np.array([1], np.int32),
+                         np.array([prob], np.float32), np.array([1], np.int32), np.array([1], np.uint8))
+    sure, doubtful = node(0.9), node(0.3)
+    cal = ReachCalibrator()
+    for _ in range(100):
+        cal.observe(sure, [5])                          # the matrix's confident guesses are right,
+        cal.observe(doubtful, [1])                      # its doubtful ones wrong
+    cal.new_text()
+    for order, right in ((3, False), (1, True)):        # in this text 3-token-match copies were wrong,
+        copy = with_copy_chain(DraftTree.empty(), [7], order)   # 1-token ones right
+        for _ in range(10):
+            cal.observe(copy, [7 if right else 1])
+    q_sure, q_doubt = cal.predict(sure)[0], cal.predict(doubtful)[0]
+    assert q_sure > 0.9 and q_doubt < 0.1
+    assert cal.predict(with_copy_chain(sure, [5], 3))[0] == pytest.approx(q_sure)   # the copy cannot lower it
+    lifted = cal.predict(with_copy_chain(doubtful, [5], 1))[0]
+    assert lifted > 0.5 > q_doubt                       # a kind of copy that proved right lifts it
+    assert cal.predict(with_copy_chain(doubtful, [5], 3))[0] < 0.5   # one that proved wrong does not
+
+
 def test_copy_chances_follow_the_current_text():
     from aded_edge.draft import with_copy_chain
     chain = list(range(20, 28))
@@ -261,7 +284,8 @@ def test_copy_chain_is_drafted_once_copying_has_proven_right():
         full, _, _ = draft_step(m, text, cfg.replace(budget="fixed"), cal, STEPPED, 16, 4, lookup=lookup)
         cal.observe(full, [13, 14, 15, 10])
     full, tree, expected = draft_step(m, text, cfg, cal, STEPPED, 16, 4, lookup=lookup)
-    assert tree.tokens.tolist()[:3] == [13, 14, 15] and (tree.seen == 2).all() and expected > 2
+    assert tree.tokens.tolist()[:3] == [13, 14, 15] and (tree.seen == 2).all() and (tree.copied == 3).all()
+    assert expected > 2
     never = ReachCalibrator()
     for _ in range(50):                             # ... or never was
         never.observe(full, [1, 1, 1, 1])

@@ -163,24 +163,55 @@ def test_nodes_know_whether_their_path_was_seen_in_this_context():
 def test_context_lookup_finds_the_latest_earlier_occurrence_never_itself():
     from aded_edge.draft import ContextLookup
     lk = ContextLookup([1, 2, 3, 4, 5, 9, 1, 2, 3, 7, 8])
-    assert lk.chain(4) == []                 # (3, 7, 8) never occurred before the end
+    assert lk.chain(4) == ([], 0)            # (3, 7, 8) never occurred before the end
     lk.extend([1, 2, 3])
-    assert lk.chain(4) == [7, 8, 1, 2]       # the latest earlier (1, 2, 3) was followed by 7 8 ...
-    assert lk.chain(1) == [7]
+    assert lk.chain(4) == ([7, 8, 1, 2], 3)  # the latest earlier (1, 2, 3) was followed by 7 8 ...
+    assert lk.chain(1) == ([7], 3)
     lk2 = ContextLookup([5, 6, 7])
-    assert lk2.chain(3) == []                # the suffix alone is not a match
+    assert lk2.chain(3) == ([], 0)           # the suffix alone is not a match
     lk2.extend([5, 6, 7])
-    assert lk2.chain(3) == [5, 6, 7]
+    assert lk2.chain(3) == ([5, 6, 7], 3)
 
 
 def test_context_lookup_copies_the_occurrence_whose_preceding_text_matches_longest():
     from aded_edge.draft import ContextLookup
     text = [5, 1, 2, 3, 4, 4, 6, 1, 2, 3, 7, 7, 0, 5, 1, 2, 3]
     lk = ContextLookup(text)
-    assert lk.chain(3) == [4, 4, 6]          # "5 1 2 3" matches 4 tokens there, "6 1 2 3" only 3
+    assert lk.chain(3) == ([4, 4, 6], 3)     # "5 1 2 3" matches 4 tokens there, "6 1 2 3" only 3
     lk.extend([9, 6, 1, 2, 3])
-    assert lk.chain(2) == [7, 7]             # now the end reads "6 1 2 3": the other occurrence
-    assert lk.chain(0) == []
+    assert lk.chain(2) == ([7, 7], 3)        # now the end reads "6 1 2 3": the other occurrence
+    assert lk.chain(0) == ([], 0)
+
+
+def test_context_lookup_resumes_the_copy_after_an_edit_near_where_it_left_off():
+    from aded_edge.draft import RESYNC_AFTER, RESYNC_WINDOW, ContextLookup
+    source = list(range(100, 140))           # the input: 40 distinct tokens
+    text = source + [7] + source[:10]        # the answer has copied 10 of them so far
+    assert RESYNC_AFTER <= 4 and 3 <= RESYNC_WINDOW < 19   # (the distances below)
+    lk = ContextLookup(text)
+    assert lk.chain(2) == ([110, 111], 3)    # copying: the last three tokens are in the input
+    lk.extend([110, 111, 112, 113])          # the answer follows the copy ...
+    lk.extend([99, 98, 116])                 # ... then an edit: 114 115 became 99 98, then the input again
+    assert lk.chain(3) == ([117, 118, 119], 1)       # resumed after the last token, at the copy point
+    lk.extend([555])
+    assert lk.chain(3) == ([], 0)            # 555 is nowhere in the input: no copy
+    strict = ContextLookup(text, min_order=2)
+    strict.chain(2)
+    strict.extend([110, 111, 112, 113, 99, 98, 116])
+    assert strict.chain(3) == ([], 0)        # one token of match is not enough for it
+    strict.extend([117])
+    assert strict.chain(3) == ([118, 119, 120], 2)
+    spurious = ContextLookup(text)           # a copy the answer never followed is not resumed
+    spurious.chain(2)
+    spurious.extend([99, 98, 116])
+    assert spurious.chain(3) == ([], 0)
+    for last, expected in ((124, ([125], 1)), (108, ([], 0))):
+        lk = ContextLookup(source + [7] + source[:3])
+        assert lk.chain(1) == ([103], 3)
+        lk.extend([103, 104, 105, 106])      # followed up to source[7] ...
+        lk.extend(list(range(200, 220)) + [last])   # ... then 20 new tokens: the copy point is near source[28]
+        assert lk.chain(1) == expected       # 124 lies 3 tokens from it, 108 19 tokens
+    assert ContextLookup(text[-12:]).chain(2) == ([], 0)   # no copy yet: nothing to resume
 
 
 def test_chain_first_with_weights_fronts_the_chain_of_largest_summed_weight():
@@ -200,7 +231,7 @@ def test_copy_chain_is_merged_into_the_tree_as_a_valid_tree():
     tree = build_draft(m, stream[-2:], cfg)
     first = int(tree.tokens[np.flatnonzero(tree.parents == -1)[0]])
     chain = [first, 59, 58, 57]              # starts on an existing root child, then leaves the tree
-    merged = with_copy_chain(tree, chain)
+    merged = with_copy_chain(tree, chain, 2)
     siblings = set()
     for i in range(len(merged)):             # a tree: parents first, depths consistent, no twin siblings
         p = int(merged.parents[i])
@@ -208,12 +239,15 @@ def test_copy_chain_is_merged_into_the_tree_as_a_valid_tree():
         assert (p, int(merged.tokens[i])) not in siblings
         siblings.add((p, int(merged.tokens[i])))
     path, node = [], -1
-    for tok in chain:                        # the chain is a root-to-leaf path, every node marked 2
+    for tok in chain:                        # the chain is a root-to-leaf path, every node marked copied = 2
         hit = [j for j in range(len(merged)) if merged.parents[j] == node and merged.tokens[j] == tok]
-        assert len(hit) == 1 and merged.seen[hit[0]] == 2
+        assert len(hit) == 1 and merged.copied[hit[0]] == 2
         node = hit[0]
         path.append(node)
     assert len(merged) - len(tree) == sum(j >= len(tree) for j in path)
+    assert merged.seen[path[0]] == tree.seen[path[0]]            # a node the search found keeps its kind
+    assert all(merged.seen[j] == 2 for j in path if j >= len(tree))  # new nodes have no matrix kind
     off = np.setdiff1d(np.arange(len(tree)), path)
-    assert (merged.seen[off] == tree.seen[off]).all() and (merged.tokens[:len(tree)] == tree.tokens).all()
+    assert (merged.copied[off] == 0).all() and (merged.seen[:len(tree)] == tree.seen).all()
+    assert (merged.tokens[:len(tree)] == tree.tokens).all()
     assert with_copy_chain(tree, []) is tree
