@@ -195,6 +195,7 @@ def build_draft(matrix: TrigramMatrix, context, config: DraftConfig, max_nodes: 
 COPY_CANDIDATES = 16  # latest occurrences of each 3-gram among which a copy source is chosen
 MATCH_CAP = 32        # tokens compared backwards when ranking them
 RESYNC_WINDOW = 16    # how far from where the last copy's source has got to a copy may resume
+FOLLOW_RUN = 2        # tokens in a row the text must have followed for its copy to go on without a match
 RESYNC_AFTER = 4      # tokens of a copy the text must have followed before it may be resumed
 
 
@@ -207,8 +208,12 @@ class ContextLookup:
     three tokens elsewhere.
 
     After an edit the text's last three tokens are new, yet the input goes on where the copy
-    left off: the copy then resumes after the last two tokens (or, down to `min_order`, the last
-    one) found within RESYNC_WINDOW tokens of the point the last copy's source has reached."""
+    left off: once the text has followed a copy for RESYNC_AFTER tokens, the copy resumes after
+    the text's last two tokens (or, down to `min_order`, the last one) found within RESYNC_WINDOW
+    tokens of the point the copy's source has reached. The edit itself is remembered (source
+    tokens -> written tokens, or tokens inserted after a source token) and applied to the copies
+    that follow: a renamed variable or a re-indented block is then drafted as the text will
+    write it. An edit the text does not make again where the copy meets it is forgotten."""
 
     def __init__(self, tokens=(), min_order: int = 1):
         if min_order not in (1, 2, 3):
@@ -219,24 +224,59 @@ class ContextLookup:
         self._src = -1           # index of the next source token of the current copy (-1: none yet)
         self._confirmed = 0      # tokens of that copy the text has followed
         self._since = 0          # tokens written since the text last followed it
+        self._run = 0            # tokens in a row it has followed
+        self._div = (0, 0)       # (text index, source index) where the text last left its copy
+        self._plan: list = []    # the last chain, edits applied: (token, source index after it,
+                                 # (table, key) of the edit that wrote it or None)
+        self._subs: dict = {}    # edits seen in this text: first source token -> (source tokens, written tokens)
+        self._ins: dict = {}     # insertions seen: source token -> the tokens written after it
         self.extend(tokens)
 
     def extend(self, tokens) -> None:
         t, after = self.tokens, self._after
         for x in tokens:
             x = int(x)
-            if 0 <= self._src < len(t) and t[self._src] == x:  # the text follows its copy source
-                self._src += 1
-                self._confirmed += 1
-                self._since = 0
-            else:
-                self._since += 1
+            self._follow(x)
             if len(t) >= 3:  # the 3-gram ending at the current last token gets its successor now, so
                 seen = after.setdefault((t[-3], t[-2], t[-1]), [])  # the text's own suffix never matches itself
                 seen.append(len(t))
                 if len(seen) > COPY_CANDIDATES:
                     del seen[0]
             t.append(x)
+
+    def _follow(self, x: int) -> None:
+        """Track whether the text, about to get token x, goes on with its copy: the last chain
+        (edits applied) or else the copy source itself; learn the edits it makes."""
+        t, plan = self.tokens, self._plan
+        if plan and plan[0][0] == x:                 # it writes what the last chain said
+            self._src = plan.pop(0)[1]
+        else:
+            if plan and plan[0][2] is not None:      # an edit it did not make again is forgotten
+                table, key = plan[0][2]
+                table.pop(key, None)
+            self._plan = []
+            if not (0 <= self._src < len(t) and t[self._src] == x):  # it leaves the copy
+                if self._since == 0:
+                    self._div = (len(t), self._src)
+                self._since += 1
+                self._run = 0
+                return
+            if self._since and self._div[1] == self._src and self._confirmed >= RESYNC_AFTER:
+                self._learn(self._src, self._src, t[self._div[0]:])  # back after tokens the source lacks
+            self._src += 1
+        self._confirmed += 1
+        self._since = 0
+        self._run += 1
+
+    def _learn(self, src_from: int, src_to: int, written) -> None:
+        """Remember an edit: source tokens [src_from, src_to) became `written`."""
+        t, old, new = self.tokens, tuple(self.tokens[src_from:src_to]), tuple(written)
+        if len(old) > 3 or not 0 < len(new) <= 4 or old == new or not 1 <= src_from <= src_to:
+            return  # (a deletion is no rule: dropped lines are seldom dropped again)
+        if old:
+            self._subs[old[0]] = (old, new)
+        else:
+            self._ins[t[src_from - 1]] = new
 
     def _match(self, at: int) -> int:
         """How many tokens before index `at` equal the text's last ones (at most MATCH_CAP)."""
@@ -259,6 +299,26 @@ class ContextLookup:
                 return min(near, key=lambda at: abs(at - expect)), order
         return -1, 0
 
+    def _walk(self, at: int, n: int) -> list:
+        """Up to n (token, source index after it) copying the source from `at`, with the edits
+        this text has made to it applied."""
+        t, plan, j = self.tokens, [], at
+        ins = self._ins.get(t[-1])
+        if ins and tuple(t[at:at + len(ins)]) != ins:   # the text has just written a token it inserts after
+            plan += [(x, at, (self._ins, t[-1])) for x in ins]
+        while len(plan) < n and j < len(t):
+            sub = self._subs.get(t[j])
+            if sub and tuple(t[j:j + len(sub[0])]) == sub[0]:
+                plan += [(x, j + len(sub[0]), (self._subs, t[j])) for x in sub[1]]
+                j += len(sub[0])
+                continue
+            plan.append((t[j], j + 1, None))
+            j += 1
+            ins = self._ins.get(t[j - 1])
+            if ins and tuple(t[j:j + len(ins)]) != ins:
+                plan += [(x, j, (self._ins, t[j - 1])) for x in ins]
+        return plan[:n]
+
     def chain(self, n: int) -> tuple[list, int]:
         """(up to n tokens to copy, the length of the match that found them: 3 for the text's
         last three tokens, 2 or 1 when resumed after an edit); ([], 0) when there is none."""
@@ -268,15 +328,21 @@ class ContextLookup:
         found = self._after.get((t[-3], t[-2], t[-1]))
         if found:
             at, order = max(reversed(found), key=self._match), 3  # longest match; reversed: the latest wins ties
+        elif self._confirmed >= RESYNC_AFTER and self._run >= FOLLOW_RUN:  # on its copy: go on
+            at, order = self._src, 2
         elif self._confirmed >= RESYNC_AFTER:
             at, order = self._resync()
+            if at >= 0 and self._since > 0:   # the text left its copy and comes back here
+                self._learn(self._div[1], at - order, t[self._div[0]:len(t) - order])
         else:
             at, order = -1, 0
         if at < 0:
+            self._plan = []
             return [], 0
         if at != self._src:  # a new source (not the one the text is following): unconfirmed yet
-            self._src, self._confirmed, self._since = at, 0, 0
-        return t[at:at + n], order
+            self._src, self._confirmed, self._since, self._run = at, 0, 0, 0
+        self._plan = self._walk(at, n)
+        return [x for x, _, _ in self._plan], order
 
 
 def with_copy_chain(tree: DraftTree, chain, order: int = 3) -> DraftTree:

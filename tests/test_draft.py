@@ -214,6 +214,42 @@ def test_context_lookup_resumes_the_copy_after_an_edit_near_where_it_left_off():
     assert ContextLookup(text[-12:]).chain(2) == ([], 0)   # no copy yet: nothing to resume
 
 
+def _drafted_chains(lookup, output, n=6):
+    """The copy chain offered before each token of output is written (as decoding asks)."""
+    chains = []
+    for x in output:
+        chains.append(lookup.chain(n)[0])
+        lookup.extend([x])
+    return chains
+
+
+def test_context_lookup_applies_the_edits_the_text_makes_to_its_later_copies():
+    from aded_edge.draft import ContextLookup
+    head = [1, 2, 3, 4, 5, 6]
+    # a rename: 20 becomes 20 99 (a token inserted after it) wherever it occurs
+    source = head + [10, 20, 11, 12, 20, 13, 14, 15, 20, 16, 17, 18, 20, 19, 30, 31, 32]
+    out = [y for x in source for y in ((x, 99) if x == 20 else (x,))]
+    chains = _drafted_chains(ContextLookup(source + [7], min_order=2), out)
+    later = chains[out.index(13):]           # after the text made the edit once
+    pairs = [(c[k], c[k + 1]) for c in later for k in range(len(c) - 1) if c[k] == 20]
+    assert pairs and all(b == 99 for _, b in pairs)   # every later copy of 20 is drafted renamed
+    assert chains[out.index(14)] == [14, 15, 20, 99, 16, 17]
+    assert chains[out.index(16)] == [16, 17, 18, 20, 99, 19]   # on its copy right after the insertion
+    # a re-indent: 60 after a newline 50 becomes 70
+    source = head + [50, 60, 11, 12, 50, 60, 13, 14, 15, 50, 60, 16, 17, 50, 60, 18, 19]
+    out = [70 if x == 60 else x for x in source]
+    chains = _drafted_chains(ContextLookup(source + [7], min_order=2), out)
+    later = [c for c in chains[out.index(13):] if 50 in c[:-1]]
+    assert later and all(c[c.index(50) + 1] == 70 and 60 not in c for c in later)
+    # an edit the text does not make again is forgotten: the third 20 stays 20
+    source = head + [10, 20, 11, 12, 20, 13, 14, 15, 20, 16, 17, 18, 20, 19, 30, 31, 32]
+    out = head + [10, 20, 99, 11, 12, 20, 99, 13, 14, 15, 20, 16, 17, 18]
+    lookup = ContextLookup(source + [7], min_order=2)
+    chains = _drafted_chains(lookup, out)
+    assert chains[out.index(16)][:2] == [99, 16]      # the edit was still expected there ...
+    assert lookup.chain(3)[0] == [20, 19, 30]         # ... and is not any more
+
+
 def test_chain_first_with_weights_fronts_the_chain_of_largest_summed_weight():
     from aded_edge.draft import chain_first
     # root children 0 (weight .9, a leaf) and 1 (.6, with a chain 2 -> 3 of .5 and .5 below it)
