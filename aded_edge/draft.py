@@ -299,13 +299,19 @@ class ContextLookup:
                 return min(near, key=lambda at: abs(at - expect)), order
         return -1, 0
 
+    def _inserted(self, after: int, j: int) -> list:
+        """Plan entries for the tokens this text inserts after token `after`, copying on from
+        source index j (none when the source there already holds them)."""
+        ins = self._ins.get(after)
+        if ins and tuple(self.tokens[j:j + len(ins)]) != ins:
+            return [(x, j, (self._ins, after)) for x in ins]
+        return []
+
     def _walk(self, at: int, n: int) -> list:
         """Up to n (token, source index after it) copying the source from `at`, with the edits
         this text has made to it applied."""
-        t, plan, j = self.tokens, [], at
-        ins = self._ins.get(t[-1])
-        if ins and tuple(t[at:at + len(ins)]) != ins:   # the text has just written a token it inserts after
-            plan += [(x, at, (self._ins, t[-1])) for x in ins]
+        t, j = self.tokens, at
+        plan = self._inserted(t[-1], at)  # the text may just have written a token it inserts after
         while len(plan) < n and j < len(t):
             sub = self._subs.get(t[j])
             if sub and tuple(t[j:j + len(sub[0])]) == sub[0]:
@@ -314,9 +320,7 @@ class ContextLookup:
                 continue
             plan.append((t[j], j + 1, None))
             j += 1
-            ins = self._ins.get(t[j - 1])
-            if ins and tuple(t[j:j + len(ins)]) != ins:
-                plan += [(x, j, (self._ins, t[j - 1])) for x in ins]
+            plan += self._inserted(t[j - 1], j)
         return plan[:n]
 
     def chain(self, n: int) -> tuple[list, int]:
