@@ -128,11 +128,20 @@ def _pay_threshold(table, overhead, max_k, min_gain):
 # ----------------------------------------------------------------------------- wrappers
 
 
-def _plausible(sizes, seconds):
-    """A batch never costs less than a smaller one, nor more than decoding its tokens one by one
-    (a point measured while the machine was busy, or not yet corrected online, is clamped)."""
-    seconds = np.minimum(np.maximum.accumulate(seconds), sizes * seconds[0])
-    return np.maximum.accumulate(seconds)
+def _plausible(sizes, seconds, weights=None):
+    """A batch never costs less than a smaller one, nor more than decoding its tokens one by one.
+    Points out of order are pooled to their weighted mean (isotonic fit, pool adjacent violators):
+    noise is averaged rather than the larger value kept, and a point confirmed by many real steps
+    (weights: how many) moves a merely calibrated neighbour, not the other way round."""
+    weights = np.ones(len(seconds)) if weights is None else weights
+    blocks = []  # [mean, weight, points]
+    for x, w in zip(seconds, weights):
+        blocks.append([float(x), float(w), 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (b, wb, nb), (a, wa, na) = blocks.pop(), blocks.pop()
+            blocks.append([(a * wa + b * wb) / (wa + wb), wa + wb, na + nb])
+    fit = np.repeat([b[0] for b in blocks], [b[2] for b in blocks])
+    return np.minimum(fit, sizes * fit[0])  # both non-decreasing: so is their minimum
 
 
 class CostModel:
@@ -191,7 +200,7 @@ class CostModel:
             # machine was slower or faster keeps its shape and takes the level seen now
             rare = self._seen < MIN_SEEN
             self.seconds[rare] = self._calibrated[rare] * (self.seconds[0] / self._calibrated[0])
-            self.seconds = _plausible(self.sizes, self.seconds)
+            self.seconds = _plausible(self.sizes, self.seconds, 1.0 + self._seen)
             self._table = None
             self._pending = 0
 
