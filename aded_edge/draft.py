@@ -397,12 +397,15 @@ def top_successor(matrix: TrigramMatrix, context) -> DraftTree:
 def _tree_layout(parents, seq, n_seq):
     """Sequence ids of the batch rows (row 0: the pending token, row 1 + j: node j). Each
     root-to-leaf path gets its own id and a row carries the ids of all leaves below it, which
-    is exact tree attention in llama.cpp's unified KV cache. Returns the number of ids used."""
+    is exact tree attention in llama.cpp's unified KV cache. Returns the number of ids used, or
+    -1 (nothing written) when the tree has more leaves than seq has columns."""
     n = parents.shape[0]
     has_child = np.zeros(n, np.bool_)
     for j in range(n):
         if parents[j] >= 0:
             has_child[parents[j]] = True
+    if n - np.count_nonzero(has_child) > seq.shape[1]:
+        return -1
     for r in range(n + 1):
         n_seq[r] = 0
     leaf = 0
@@ -428,10 +431,10 @@ def tree_layout(tree: DraftTree, seq: np.ndarray, n_seq: np.ndarray) -> int:
     """Fill seq[row, :n_seq[row]] for the tree's batch rows; see _tree_layout."""
     if seq.shape[0] < len(tree) + 1 or n_seq.shape[0] < len(tree) + 1:
         raise ValueError("tree larger than the batch")
-    n_leaves = int(np.count_nonzero(~np.isin(np.arange(len(tree)), tree.parents))) if len(tree) else 1
-    if n_leaves > seq.shape[1]:
+    n_leaves = _tree_layout(np.ascontiguousarray(tree.parents, np.int32), seq, n_seq)
+    if n_leaves < 0:
         raise ValueError("tree has more leaves than sequence ids")
-    return _tree_layout(np.ascontiguousarray(tree.parents, np.int32), seq, n_seq)
+    return n_leaves
 
 
 @njit(cache=True)

@@ -117,6 +117,9 @@ def test_tree_layout_matches_naive(seed):
         assert n_leaves == len(want[0])
         for r, ids in enumerate(want):
             assert seq[r, :n_seq[r]].tolist() == ids
+    if n_leaves > 1:
+        with pytest.raises(ValueError, match="more leaves"):   # fewer sequence ids than leaves
+            tree_layout(t, np.zeros((65, n_leaves - 1), np.int32), np.zeros(65, np.int32))
 
 
 @pytest.mark.parametrize("seed", range(4))
