@@ -275,13 +275,13 @@ class ReachCalibrator:
 
     def predict(self, tree: DraftTree) -> np.ndarray:
         """Calibrated reach probability of every node, never above its parent's (before trust)."""
-        return _predict(tree.depth, tree.prob, tree.seen, tree.copied, tree.parents, self.hits, self.tries, self.text_hits,
-                        self.text_tries, P_EDGES)
+        return _predict(tree.depth, tree.prob, tree.seen, tree.copied, tree.parents, self.hits, self.tries,
+                        self.text_hits, self.text_tries, P_EDGES)
 
     def observe(self, tree: DraftTree, truth) -> None:
         """Label each node whose depth the true continuation covers (reached or not) and learn."""
-        _observe(tree.depth, tree.prob, tree.seen, tree.copied, tree.parents, tree.tokens, np.asarray(truth, dtype=np.int64), 0,
-                 self.hits, self.tries, self.text_hits, self.text_tries, P_EDGES)
+        _observe(tree.depth, tree.prob, tree.seen, tree.copied, tree.parents, tree.tokens,
+                 np.asarray(truth, dtype=np.int64), 0, self.hits, self.tries, self.text_hits, self.text_tries, P_EDGES)
 
 
 def order_by(tree: DraftTree, q: np.ndarray):
