@@ -86,6 +86,7 @@ class AdedLlama(llama_cpp.Llama):
         path = str(models.resolve(model_path))
         read_gguf(path)  # a clear error for a foreign or truncated file, before llama.cpp sees it
         super().__init__(path, **kwargs)
+        self._row_type = ctypes.c_float * self._n_vocab  # one row of logits (see _logits_row)
         self.draft_config = draft or DraftConfig()
         self.drafter = drafter
         self.last_stats = DecodeStats()
@@ -417,8 +418,10 @@ class AdedLlama(llama_cpp.Llama):
         return n_leaves
 
     def _logits_row(self, row: int) -> np.ndarray:
+        """The logits of batch row `row` (negative: from the end), a view valid until the next
+        decode (through one ctypes row type: np.ctypeslib.as_array builds a new type per call)."""
         ptr = llama_cpp.llama_get_logits_ith(self._ctx.ctx, row)
-        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+        return np.frombuffer(self._row_type.from_address(ctypes.addressof(ptr.contents)), np.float32)
 
     def _commit(self, n_pending: int, kept: list, n_leaves: int, n_past: int) -> None:
         """Leave exactly the pending tokens and the kept chain nodes after the prefix, as sequence 0."""
