@@ -267,6 +267,9 @@ def _draft_options(f):
                      help="Longest drafted continuation, in tokens."),
         click.option("--copy-depth", type=click.IntRange(0, 64), default=DraftConfig.copy_depth, show_default=True,
                      help="Longest copy of earlier text (prompt or output) added to each draft tree (0 = none)."),
+        click.option("--copy-ngram", type=click.IntRange(1, 3), default=DraftConfig.copy_ngram, show_default=True,
+                     help="Shortest match (tokens) that resumes a copy after an edit: 3 never resumes, "
+                          "1 also takes a one-token match."),
         click.option("--simulations", type=click.IntRange(1, 100000), default=DraftConfig.n_simulations,
                      show_default=True, help="Monte Carlo tree search simulations per draft."),
         click.option("--matrix", "matrix_path", type=click.Path(dir_okay=False), default=None,
@@ -360,8 +363,8 @@ def cli():
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own logs (silent otherwise).")
 @_draft_options
 def run(model_arg, model_opt, prompt, prompt_file, system_prompt, max_tokens, n_ctx, threads, temp, top_k, top_p,
-        min_p, seed, n_gpu_layers, chat, plain, verbose, budget, max_nodes, max_depth, copy_depth, simulations,
-        matrix_path, no_corpus, no_warm_start):
+        min_p, seed, n_gpu_layers, chat, plain, verbose, budget, max_nodes, max_depth, copy_depth, copy_ngram,
+        simulations, matrix_path, no_corpus, no_warm_start):
     """Generate text with MODEL: a GGUF file or a catalog name (default: the small SmolLM2-135M).
 
     The text streams to stdout and one stats line (tokens, verification steps, accepted drafts,
@@ -418,7 +421,7 @@ def run(model_arg, model_opt, prompt, prompt_file, system_prompt, max_tokens, n_
     if seed == -1:
         seed = secrets.randbelow(0xFFFFFFFF)  # llama.cpp's own "random" is a fixed sequence per process
     draft = DraftConfig(budget=budget, max_nodes=max_nodes, max_depth=max_depth, copy_depth=copy_depth,
-                        n_simulations=simulations)
+                        copy_ngram=copy_ngram, n_simulations=simulations)
     llm = load_model(model_opt or model_arg, n_ctx=n_ctx, threads=threads or os.cpu_count(), verbose=verbose,
                      plain=plain, draft=draft, matrix_path=matrix_path, n_gpu_layers=n_gpu_layers,
                      corpus=not no_corpus, warm_start=not no_warm_start)

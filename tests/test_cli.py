@@ -111,7 +111,7 @@ def test_help_explains_commands_and_llama_cpp_options(capsys):
     out = capsys.readouterr().out
     for names in ("-m, --model", "-p, --prompt", "-f, --file", "-n, --max-tokens, --n-predict",
                   "-c, --n-ctx, --ctx-size", "-t, --threads", "--temp", "-s, --seed", "--top-k", "--top-p", "--min-p",
-                  "-ngl, --n-gpu-layers", "-v, --verbose", "-sys, --system-prompt", "--chat", "--plain"):
+                  "-ngl, --n-gpu-layers", "-v, --verbose", "-sys, --system-prompt", "--chat", "--plain", "--copy-depth", "--copy-ngram"):
         assert names in out, names
     assert "Ctrl-C stops an answer" in " ".join(out.split())
 
@@ -129,12 +129,30 @@ def test_help_explains_commands_and_llama_cpp_options(capsys):
     (["-t", "0"], "--threads must be >= 1"),
     (["-ngl", "-2"], "--n-gpu-layers must be >= 0"),
     (["--temp"], "'--temp' requires an argument"),
+    (["--copy-ngram", "4"], "'--copy-ngram': 4 is not in the range 1<=x<=3"),
 ])
 def test_invalid_options_are_one_line(capsys, args, fragment):
     assert main(["run", "-p", "x", *args]) != 0  # checked before any model is loaded
     out, err = capsys.readouterr()
     assert out == ""
     assert len(err.splitlines()) == 1 and err.startswith("aded-edge: error: ") and fragment in err, err
+
+
+def test_draft_options_reach_the_draft_config(monkeypatch, capsys):
+    import aded_edge.cli as cli_module
+    seen = {}
+
+    class Loaded(Exception):
+        pass
+
+    def fake_load_model(model, **kwargs):
+        seen.update(kwargs)
+        raise Loaded                 # stop before any model is loaded
+    monkeypatch.setattr(cli_module, "load_model", fake_load_model)
+    with pytest.raises(Loaded):
+        main(["run", "-p", "x", "--copy-ngram", "1", "--copy-depth", "8", "--max-nodes", "5", "--budget", "fixed"])
+    draft = seen["draft"]
+    assert (draft.copy_ngram, draft.copy_depth, draft.max_nodes, draft.budget) == (1, 8, 5, "fixed")
 
 
 def test_console_script_invalid_temp():
