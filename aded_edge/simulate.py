@@ -47,8 +47,7 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
     calibrator = ReachCalibrator()
     # JIT warm-up outside the timing: every kernel of a drafting step, on a scratch calibrator
     scratch = ReachCalibrator()
-    warm, _, _ = draft_step(matrix, [0, 0, 0], config, scratch, cost, nodes, config.max_depth,
-                            lookup=ContextLookup([0, 0, 0]))
+    draft_step(matrix, [0, 0, 0], config, scratch, cost, nodes, config.max_depth, lookup=ContextLookup([0, 0, 0]))
     warm = build_draft(matrix, [0, 0], config)   # (the step above may have skipped the search)
     chain_first(warm, np.ones(len(warm)))
     scratch.observe(warm, [0])

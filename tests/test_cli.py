@@ -111,7 +111,8 @@ def test_help_explains_commands_and_llama_cpp_options(capsys):
     out = capsys.readouterr().out
     for names in ("-m, --model", "-p, --prompt", "-f, --file", "-n, --max-tokens, --n-predict",
                   "-c, --n-ctx, --ctx-size", "-t, --threads", "--temp", "-s, --seed", "--top-k", "--top-p", "--min-p",
-                  "-ngl, --n-gpu-layers", "-v, --verbose", "-sys, --system-prompt", "--chat", "--plain", "--copy-depth", "--copy-ngram"):
+                  "-ngl, --n-gpu-layers", "-v, --verbose", "-sys, --system-prompt", "--chat", "--plain",
+                  "--copy-depth", "--copy-ngram"):
         assert names in out, names
     assert "Ctrl-C stops an answer" in " ".join(out.split())
 
