@@ -142,6 +142,17 @@ def markdown_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def gpu_info() -> str:
+    """The NVIDIA GPUs by name and driver ('' where nvidia-smi is absent: CPU machines; on Apple
+    Silicon Metal runs on the chip the cpu line names)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return "; ".join(line.strip() for line in out.splitlines() if line.strip())
+
+
 def machine_info(system_info: str = "") -> dict:
     cpu = platform.processor() or platform.machine()
     with_proc = Path("/proc/cpuinfo")
@@ -151,7 +162,7 @@ def machine_info(system_info: str = "") -> dict:
     elif sys.platform == "darwin":
         cpu = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True).stdout.strip()
     return dict(cpu=cpu, cores=os.cpu_count(), platform=platform.platform(), python=platform.python_version(),
-                llama_cpp_system=system_info.strip())
+                gpu=gpu_info(), llama_cpp_system=system_info.strip())
 
 
 # ----------------------------------------------------------------------------- running
@@ -334,14 +345,16 @@ def corpus_info(fingerprint: str) -> dict:
 
 
 def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int = 128, systems=("plain", "aded", "prompt-lookup"),
-              seed: int = 0, threads: int | None = None, n_ctx: int = 4096, out_dir=None, progress=None) -> dict:
+              seed: int = 0, threads: int | None = None, n_ctx: int = 4096, out_dir=None, progress=None,
+              n_gpu_layers: int = 0) -> dict:
     from .gguf import read_gguf
     from .llama import system_info
     if "plain" not in systems:
         systems = ("plain",) + tuple(systems)
     path = str(models.resolve(model))
     gguf = read_gguf(path)
-    common = dict(n_ctx=n_ctx, n_threads=threads or os.cpu_count(), n_threads_batch=threads or os.cpu_count(), verbose=False)
+    common = dict(n_ctx=n_ctx, n_threads=threads or os.cpu_count(), n_threads_batch=threads or os.cpu_count(), verbose=False,
+                  n_gpu_layers=n_gpu_layers)
     prompts = load_prompts(workloads, per_workload, seed)
     base = make_system("plain", path, common)
     vocab = (base.vocab_fingerprint(), base.n_vocab())
@@ -389,7 +402,7 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
     aded = decoders.get("aded")
     cost = dict(sizes=[float(x) for x in aded.cost.sizes], seconds=[float(x) for x in aded.cost.seconds]) if aded else {}
     header = dict(model=os.path.basename(path), architecture=gguf.architecture, quantization=gguf.quantization,
-                  threads=common["n_threads"], max_tokens=max_tokens, per_workload=per_workload, seed=seed,
+                  threads=common["n_threads"], n_gpu_layers=n_gpu_layers, max_tokens=max_tokens, per_workload=per_workload, seed=seed,
                   systems=list(systems), skipped=skipped, machine=machine_info(system_info()), cost_curve=cost,
                   **corpus_info(vocab[0]),
                   prompts=[dict(workload=p["workload"], id=p["id"]) for p in prompts])
@@ -405,7 +418,9 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
     report = (f"model {header['model']} ({gguf.architecture}, {gguf.quantization}), {common['n_threads']} threads, greedy, "
               f"{max_tokens} max tokens, {per_workload} prompts per workload (seed {seed})\n"
               f"machine: {m['cpu']}, {m['cores']} cores, {m['platform']}\n"
-              f"llama.cpp: {m['llama_cpp_system'][:200]}\n"
+              + (f"gpu: {m['gpu'] or 'none found by nvidia-smi'}, {n_gpu_layers} model layers offloaded (-1 = all)\n"
+                 if n_gpu_layers else "")
+              + f"llama.cpp: {m['llama_cpp_system'][:200]}\n"
               f"aded corpus matrix: {header['corpus']}\n"
               + "".join(f"skipped {s}: {why}\n" for s, why in skipped.items())
               + f"speedup = decode tokens/s over plain llama.cpp on the same prompt in the same run\n\n{table}\n")

@@ -651,7 +651,9 @@ def matrix_reset(model, everything):
 @click.option("-t", "--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads (default: all cores).")
 @click.option("-c", "--n-ctx", type=click.IntRange(256, 1 << 20), default=4096, show_default=True)
 @click.option("-o", "--out", "out_dir", default=None, help="Output folder (default bench-out/<time>).")
-def bench(model, workloads, per_workload, max_tokens, systems, seed, threads, n_ctx, out_dir):
+@click.option("-ngl", "--n-gpu-layers", "--gpu-layers", "n_gpu_layers", type=click.IntRange(-1), metavar="N", default=0,
+              show_default=True, help="Model layers on the GPU for every system (-1 = all; a GPU build of llama.cpp).")
+def bench(model, workloads, per_workload, max_tokens, systems, seed, threads, n_ctx, out_dir, n_gpu_layers):
     """Speed against plain llama.cpp, same run, same machine; writes JSONL rows, a markdown
     summary and plots."""
     from .bench import SYSTEMS, WORKLOADS, load_prompts, run_bench
@@ -666,7 +668,7 @@ def bench(model, workloads, per_workload, max_tokens, systems, seed, threads, n_
     total = len(wl) * per_workload * len(set(sy) | {"plain"})  # an upper bound: systems may be skipped
     with _bar(total, "bench") as update:
         result = run_bench(model, wl, per_workload, max_tokens, tuple(dict.fromkeys(sy)), seed, threads, n_ctx,
-                           out_dir, progress=update)
+                           out_dir, progress=update, n_gpu_layers=n_gpu_layers)
     click.echo(result["report"])
 
 

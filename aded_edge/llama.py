@@ -267,9 +267,13 @@ class AdedLlama(llama_cpp.Llama):
         return sizes, [float(x) for x in out], spread
 
     def _decode(self, batch) -> None:
+        """One llama_decode, returning when the backend has finished it: a GPU backend returns
+        from llama_decode before its kernels have run, so without the wait the timed verify
+        cost would be the launch only and the work would land in whatever reads logits next."""
         rc = llama_cpp.llama_decode(self._ctx.ctx, batch)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with code {rc}" + (" (no room in the KV cache)" if rc == 1 else ""))
+        llama_cpp.llama_synchronize(self._ctx.ctx)
 
     # ------------------------------------------------------------------ generation
     def generate(self, tokens, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,

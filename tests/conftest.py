@@ -8,6 +8,10 @@ from aded_edge import models
 
 N_CTX = 4096
 THREADS = min(os.cpu_count() or 1, 4)
+# ADED_EDGE_TEST_NGL=-1 runs every model test with all layers on the GPU (a GPU build of
+# llama.cpp); plain and speculative decoding always share the same settings
+LLAMA = dict(n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS, verbose=False,
+             n_gpu_layers=int(os.environ.get("ADED_EDGE_TEST_NGL", "0")))
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +22,7 @@ def model_path():
 @pytest.fixture(scope="session")
 def plain(model_path):
     import llama_cpp
-    return llama_cpp.Llama(model_path, n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS, verbose=False)
+    return llama_cpp.Llama(model_path, **LLAMA)
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +30,7 @@ def aded(model_path):
     """AdedLlama as a user gets it (automatic budget), minus the warm start from earlier runs:
     tests neither read nor write the user's adaptive matrix."""
     from aded_edge.llama import AdedLlama
-    return AdedLlama(model_path, n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS, verbose=False,
-                     persist=False)
+    return AdedLlama(model_path, **LLAMA, persist=False)
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +51,7 @@ def aded_tree(model_path, corpus_matrix):
     costs make the automatic budget choose."""
     from aded_edge.config import DraftConfig
     from aded_edge.llama import AdedLlama
-    return AdedLlama(model_path, n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS, verbose=False,
+    return AdedLlama(model_path, **LLAMA,
                      draft=DraftConfig(budget="fixed", max_nodes=8), matrix=corpus_matrix)
 
 

@@ -156,6 +156,20 @@ def test_draft_options_reach_the_draft_config(monkeypatch, capsys):
     assert (draft.copy_ngram, draft.copy_depth, draft.max_nodes, draft.budget) == (1, 8, 5, "fixed")
 
 
+def test_bench_gpu_layers_reach_every_system(monkeypatch):
+    import aded_edge.bench as bench_module
+    seen = {}
+
+    def fake_run_bench(*args, **kwargs):
+        seen.update(kwargs)
+        return dict(report="ok")
+    monkeypatch.setattr(bench_module, "run_bench", fake_run_bench)
+    assert main(["bench", "-w", "code", "--prompts", "1", "--systems", "plain", "-ngl", "-1"]) == 0
+    assert seen["n_gpu_layers"] == -1
+    seen.clear()
+    assert main(["bench", "-ngl", "-2"]) != 0 and not seen     # refused before anything runs
+
+
 def test_console_script_invalid_temp():
     script = Path(sys.executable).with_name("aded-edge")
     if not script.exists():

@@ -92,9 +92,8 @@ def test_auto_budget_drafts_on_repetitive_text_when_batches_are_cheap(plain, mod
     not measured, so the outcome does not depend on this machine's timings."""
     from aded_edge.budget import CostModel
     from aded_edge.llama import AdedLlama
-    from conftest import N_CTX, THREADS
-    llm = AdedLlama(model_path, n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS, verbose=False,
-                    calibrate=False, persist=False)
+    from conftest import LLAMA
+    llm = AdedLlama(model_path, **LLAMA, calibrate=False, persist=False)
     llm.cost = CostModel([1, 65], [0.010, 0.012])
     prompt = tokens_of(plain, "a b c d e f g h a b c d e f g h a b c d e f g h a b c d")
     got = first_n(llm.generate(prompt, temp=0.0), 64)

@@ -5,15 +5,14 @@ import pytest
 from aded_edge import store
 from aded_edge.trigram import MatrixFileError, TrigramMatrix
 
-from conftest import N_CTX, THREADS
+from conftest import LLAMA
 
 PROMPT = "<|im_start|>user\nList the days of the week.<|im_end|>\n<|im_start|>assistant\n"
 
 
 def _llm(model_path, **kw):
     from aded_edge.llama import AdedLlama
-    return AdedLlama(model_path, n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS, verbose=False,
-                     calibrate=False, **kw)
+    return AdedLlama(model_path, **LLAMA, calibrate=False, **kw)
 
 
 def _generate(llm, n=32):
@@ -99,3 +98,21 @@ def test_cost_calibration_measures_every_size_in_rounds(model_path, cache):
     assert sizes == [1, 2, 4]                       # sizes above the largest tree + 1 are left out
     assert len(seconds) == 3 and all(s > 0 for s in seconds) and spread >= 0
     assert llm.kv_positions() == 0                  # the calibration leaves an empty cache behind
+
+
+def test_timed_decodes_wait_for_the_backend(model_path, cache, monkeypatch):
+    """A GPU backend returns from llama_decode before its kernels ran; the cost calibration (and
+    each step's verify time) must include the wait, or a GPU's curve would be launch time only.
+    Here the backend's wait is simulated as 30 ms in llama_synchronize."""
+    import time
+
+    from aded_edge import llama as module
+    llm = _llm(model_path, persist=False)
+    real = module.llama_cpp.llama_synchronize
+
+    def slow_backend(ctx):
+        time.sleep(0.030)
+        return real(ctx)
+    monkeypatch.setattr(module.llama_cpp, "llama_synchronize", slow_backend)
+    _, seconds, _ = llm.measure_costs(sizes=[1, 2], repeats=1)
+    assert min(seconds) >= 0.030
