@@ -12,6 +12,9 @@ THREADS = min(os.cpu_count() or 1, 4)
 # llama.cpp); plain and speculative decoding always share the same settings
 LLAMA = dict(n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS, verbose=False,
              n_gpu_layers=int(os.environ.get("ADED_EDGE_TEST_NGL", "0")))
+# the CPU build's kernels are batch-invariant (native/flags.sh), a GPU's are not: there a
+# position's logits depend on how many tokens share its batch (see test_lossless.py)
+BATCH_INVARIANT = LLAMA["n_gpu_layers"] == 0
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +26,14 @@ def model_path():
 def plain(model_path):
     import llama_cpp
     return llama_cpp.Llama(model_path, **LLAMA)
+
+
+@pytest.fixture(scope="session")
+def scorer(model_path):
+    """Plain llama-cpp-python keeping the logits of every position of a batch: the model's
+    scores of a whole generated text in one evaluation."""
+    import llama_cpp
+    return llama_cpp.Llama(model_path, **{**LLAMA, "n_ctx": 512}, logits_all=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,20 +1,32 @@
 """AdedLlama against plain llama-cpp-python decoding of the same real GGUF model.
 
-Tolerance, stated: llama.cpp computes the logits of a position with different kernels for a
+Tolerance, stated: llama.cpp may compute the logits of a position with different kernels for a
 batch of 1 and a batch of k > 1 (and rejected drafts leave holes that change summation order),
-so the same position's logits differ by up to ~1.0. Greedy output therefore equals plain greedy
-output except where the model's top two logits are nearly tied. A prompt whose output differs
-passes only if, at the first differing token, plain decoding's own logits rank the two
-candidates within NEAR_TIE logits, and at most MAX_TIE_FLIPS prompts may differ at all.
+so the same position's logits can differ by up to ~1.0. Greedy output therefore equals plain
+greedy output except where the model's top two logits are nearly tied. Two checks:
+- every token AdedLlama emits is the model's greedy choice given the tokens before it, within
+  NEAR_TIE logits (all positions scored in one evaluation): a wrongly accepted draft anywhere in
+  the text fails this, also after an output has flipped at a near tie;
+- a prompt whose output differs from plain decoding passes only if, at the first differing token,
+  plain decoding's own logits rank the two candidates within NEAR_TIE, and on batch-invariant
+  kernels (the CPU build of native/build.sh) at most MAX_TIE_FLIPS prompts may differ at all.
+  On a GPU (ADED_EDGE_TEST_NGL) CUDA's kernels are not batch-invariant. Measured on an H200 with
+  the CUDA build and this model: one position's logits differ by up to 2.7 (median 1.4) between a
+  batch of 1 and batches of 2 to 64 tokens, and 22 of these 23 prompts flip within 128 tokens.
+  There NEAR_TIE is 3.0 logits, the flips are not counted, and the tests that demand exact
+  equality through the completion API are skipped, with that reason.
 """
 import math
 
 import numpy as np
 import pytest
+from conftest import BATCH_INVARIANT
 
 N_TOKENS = 128
-NEAR_TIE = 1.0          # logits; the measured spread between batch sizes
-MAX_TIE_FLIPS = 2       # of the 23 prompts below (measured: 0 with the CPU build of native/build.sh)
+NEAR_TIE = 1.0 if BATCH_INVARIANT else 3.0   # logits; above the spread measured between batch sizes
+MAX_TIE_FLIPS = 2 if BATCH_INVARIANT else None   # of the 23 prompts below (measured: 0 on the CPU build)
+exact = pytest.mark.skipif(not BATCH_INVARIANT, reason="exact equality with plain decoding needs batch-invariant "
+                           "kernels; a GPU's are not (per-token near-tie checks cover it there)")
 
 CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 PROMPTS = [
@@ -67,7 +79,22 @@ def plain_logits(plain, context):
     return np.ctypeslib.as_array(ptr, shape=(plain.n_vocab(),)).copy()
 
 
-def test_greedy_matches_plain_decoding(plain, speculative):
+def own_prefix_gaps(scorer, prompt, tokens):
+    """For each token, how far its logit lies below the best one given the prompt and the tokens
+    before it (0 where it is the model's greedy choice), all positions from one evaluation."""
+    scorer.reset()
+    scorer.eval(prompt + tokens)
+    rows = scorer.scores[len(prompt) - 1:len(prompt) - 1 + len(tokens)]
+    return rows.max(axis=1) - rows[np.arange(len(tokens)), tokens]
+
+
+def assert_greedy_throughout(scorer, prompt, tokens, what=""):
+    gaps = own_prefix_gaps(scorer, prompt, tokens)
+    worst = int(np.argmax(gaps))
+    assert gaps[worst] < NEAR_TIE, f"{what}: token {worst} lies {gaps[worst]:.3f} logits below the model's choice"
+
+
+def test_greedy_matches_plain_decoding(plain, speculative, scorer):
     aded = speculative
     flips = []
     for text in PROMPTS:
@@ -76,6 +103,7 @@ def test_greedy_matches_plain_decoding(plain, speculative):
         got = first_n(aded.generate(prompt, temp=0.0), N_TOKENS)
         assert aded.last_stats.plain_reason == "" and aded.last_stats.steps > 0
         assert len(got) == len(want)
+        assert_greedy_throughout(scorer, prompt, got, repr(text[:40]))
         if got == want:
             continue
         d = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
@@ -83,7 +111,8 @@ def test_greedy_matches_plain_decoding(plain, speculative):
         gap = float(logits[want[d]] - logits[got[d]])
         assert abs(gap) < NEAR_TIE, f"prompt {text[:40]!r}: token {d} differs with a logit gap of {gap:.3f}"
         flips.append((text[:30], d, round(gap, 3)))
-    assert len(flips) <= MAX_TIE_FLIPS, f"too many near-tie flips: {flips}"
+    if MAX_TIE_FLIPS is not None:
+        assert len(flips) <= MAX_TIE_FLIPS, f"too many near-tie flips: {flips}"
 
 
 def test_auto_budget_drafts_on_repetitive_text_when_batches_are_cheap(plain, model_path):
@@ -102,6 +131,7 @@ def test_auto_budget_drafts_on_repetitive_text_when_batches_are_cheap(plain, mod
     assert s.accepted > 0 and s.steps < s.generated / 2
 
 
+@exact
 def test_completion_api_text_matches_plain(plain, aded):
     kw = dict(max_tokens=48, temperature=0.0, stop=["\n\n\n"])
     prompt = CHAT.format("Name three primary colors.")
@@ -115,6 +145,7 @@ def test_completion_api_text_matches_plain(plain, aded):
     assert aded.last_stats.plain_reason == ""
 
 
+@exact
 def test_stop_conditions_inside_accepted_paths(plain, aded_tree):
     aded = aded_tree  # trees on every step
     # a highly repetitive prompt makes long accepted paths likely
@@ -129,7 +160,7 @@ def test_stop_conditions_inside_accepted_paths(plain, aded_tree):
     assert aded.last_stats.accepted > 0  # the stop really fell after accepted drafts
 
 
-def test_copies_carrying_edits_stay_lossless(plain, aded_tree, monkeypatch):
+def test_copies_carrying_edits_stay_lossless(plain, aded_tree, scorer, monkeypatch):
     """Copy chains that carry an edit (remembered from the answer, see draft.ContextLookup) are
     only drafts: a wrong edit in every chain must leave the output plain decoding's, with the
     right part before it still accepted."""
@@ -146,10 +177,13 @@ def test_copies_carrying_edits_stay_lossless(plain, aded_tree, monkeypatch):
     monkeypatch.setattr(ContextLookup, "_walk", walk_with_a_wrong_edit)
     prompt = tokens_of(plain, "x = 1\ny = 2\nz = 3\nx = 1\ny = 2\nz = 3\nx = 1\ny = 2\nz = 3\nx = 1\n")
     got = first_n(aded_tree.generate(prompt, temp=0.0), 40)
-    assert got == first_n(plain.generate(prompt, temp=0.0), 40)
+    assert_greedy_throughout(scorer, prompt, got, "with wrong edits")   # no wrong edit was accepted
+    if BATCH_INVARIANT:
+        assert got == first_n(plain.generate(prompt, temp=0.0), 40)
     assert edited and aded_tree.last_stats.accepted > 0
 
 
+@exact
 def test_end_of_generation_inside_an_accepted_path(plain, aded_tree):
     aded = aded_tree  # trees on every step
     """The chat answer ends with <|im_end|>; the second time the same answer is fully predicted by
