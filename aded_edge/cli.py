@@ -270,6 +270,9 @@ def _draft_options(f):
         click.option("--copy-ngram", type=click.IntRange(1, 3), default=DraftConfig.copy_ngram, show_default=True,
                      help="Shortest match (tokens) that resumes a copy after an edit: 3 never resumes, "
                           "1 also takes a one-token match."),
+        click.option("--verify-batch", type=click.IntRange(-1, 256), default=DraftConfig.verify_batch, show_default=True,
+                     help="Rows of every verification batch, idle rows padded, so a GPU replays one captured "
+                          "graph (-1: 8 with layers on a CUDA GPU, else 0 = as many rows as the tree needs)."),
         click.option("--simulations", type=click.IntRange(1, 100000), default=DraftConfig.n_simulations,
                      show_default=True, help="Monte Carlo tree search simulations per draft."),
         click.option("--matrix", "matrix_path", type=click.Path(dir_okay=False), default=None,
@@ -364,7 +367,7 @@ def cli():
 @_draft_options
 def run(model_arg, model_opt, prompt, prompt_file, system_prompt, max_tokens, n_ctx, threads, temp, top_k, top_p,
         min_p, seed, n_gpu_layers, chat, plain, verbose, budget, max_nodes, max_depth, copy_depth, copy_ngram,
-        simulations, matrix_path, no_corpus, no_warm_start):
+        verify_batch, simulations, matrix_path, no_corpus, no_warm_start):
     """Generate text with MODEL: a GGUF file or a catalog name (default: the small SmolLM2-135M).
 
     The text streams to stdout and one stats line (tokens, verification steps, accepted drafts,
@@ -421,7 +424,7 @@ def run(model_arg, model_opt, prompt, prompt_file, system_prompt, max_tokens, n_
     if seed == -1:
         seed = secrets.randbelow(0xFFFFFFFF)  # llama.cpp's own "random" is a fixed sequence per process
     draft = DraftConfig(budget=budget, max_nodes=max_nodes, max_depth=max_depth, copy_depth=copy_depth,
-                        copy_ngram=copy_ngram, n_simulations=simulations)
+                        copy_ngram=copy_ngram, verify_batch=verify_batch, n_simulations=simulations)
     llm = load_model(model_opt or model_arg, n_ctx=n_ctx, threads=threads or os.cpu_count(), verbose=verbose,
                      plain=plain, draft=draft, matrix_path=matrix_path, n_gpu_layers=n_gpu_layers,
                      corpus=not no_corpus, warm_start=not no_warm_start)

@@ -41,7 +41,10 @@ COST_MAX_SPREAD = 0.25    # a calibration whose repeats differ more than this (m
 class TreeBatch:
     """A llama_batch whose arrays are numpy buffers, so a whole tree is written vectorised."""
 
-    def __init__(self, capacity: int, n_seq: int):
+    def __init__(self, capacity: int, n_seq: int, pad: int = 0):
+        self.pad = pad                # every batch has this many rows when > 0 (see fill)
+        self.spare = n_seq - 1        # the sequence id of the padding rows
+        capacity = max(capacity, pad)
         self.token = np.zeros(capacity, np.int32)
         self.pos = np.zeros(capacity, np.int32)
         self.n_seq = np.zeros(capacity, np.int32)
@@ -55,9 +58,12 @@ class TreeBatch:
             seq_id=ctypes.cast(self._rows, ctypes.POINTER(i32p)),
             logits=self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)))
 
-    def fill(self, pending: list, tree: DraftTree, n_past: int) -> int:
+    def fill(self, pending: list, tree: DraftTree, n_past: int, pad: bool = False) -> int:
         """Pending tokens from n_past on (only the last needs logits), node j at the last pending
-        position + depth[j]; returns the number of sequence ids."""
+        position + depth[j]; with pad, idle rows up to self.pad tokens, each with logits (the
+        number of outputs is part of the graph's shape), in the spare sequence, where nothing
+        attends to them (remove that sequence after the decode). Returns the number of sequence
+        ids of the tree."""
         r, n = len(pending), len(tree)
         self.token[:r] = pending
         self.pos[:r] = np.arange(n_past, n_past + r)
@@ -69,6 +75,16 @@ class TreeBatch:
         n_leaves = tree_layout(tree, self.seq[r - 1:], self.n_seq[r - 1:])
         self.seq[:r - 1] = self.seq[r - 1]  # pending tokens belong to every branch
         self.n_seq[:r - 1] = self.n_seq[r - 1]
+        if pad and r + n < self.pad:
+            if n_leaves > self.spare:
+                raise ValueError("the padding sequence id is taken by a tree leaf")
+            rows = slice(r + n, self.pad)
+            self.token[rows] = pending[-1]
+            self.pos[rows] = np.arange(self.pad - r - n)   # the spare sequence holds nothing before
+            self.n_seq[rows] = 1
+            self.seq[rows, 0] = self.spare
+            self.logits[rows] = 1
+            self.batch.n_tokens = self.pad
         return n_leaves
 
 
@@ -94,10 +110,12 @@ class AdedLlama(llama_cpp.Llama):
         self._calibrators = {True: ReachCalibrator(), False: ReachCalibrator()}  # greedy, sampled
         self._model_reason = self._unsupported_model(kwargs) if speculative else "speculation switched off"
         self.cost = CostModel([1], [1.0])
+        self._pad = 0
         if not self._model_reason:
-            self._max_nodes = min(self.draft_config.max_nodes, self.n_batch - 1,
-                                  self.context_params.n_ubatch - 1, llama_cpp.llama_max_parallel_sequences())
-            self._open_tree_context(max(self._max_nodes, 1))
+            self._pad = self._verify_batch(kwargs)
+            self._max_nodes = min(self.draft_config.max_nodes, self.n_batch - 1, self.context_params.n_ubatch - 1,
+                                  llama_cpp.llama_max_parallel_sequences() - 1, (self._pad or 1 << 30) - 1)
+            self._open_tree_context(max(self._max_nodes + 1, 2))   # the last sequence id pads batches
             if calibrate:
                 self.cost = self._cost_curve()
             self._warm_up()
@@ -117,6 +135,17 @@ class AdedLlama(llama_cpp.Llama):
                 calibrator.observe(full, [0, 1])
                 calibrator.settle(expected, 0)
         tree_layout(full, np.zeros((len(full) + 1, len(full) + 1), np.int32), np.zeros(len(full) + 1, np.int32))
+
+    def _verify_batch(self, kwargs) -> int:
+        """Rows of every verification batch (0: as many as the tree needs). Automatic: 8 with
+        layers on a CUDA GPU, whose graph is replayed only while the batch keeps its shape (an
+        H200 decoded SmolLM2's 8-token batches about as fast as one token once replayed; a new
+        shape costs an eager run and then a capture), else off: on a CPU every row costs."""
+        n = self.draft_config.verify_batch
+        if n >= 0:
+            return n
+        offloaded = kwargs.get("n_gpu_layers", 0) != 0
+        return 8 if offloaded and "CUDA" in system_info() else 0
 
     def _unsupported_model(self, kwargs) -> str:
         if self._is_recurrent or self._is_hybrid:
@@ -138,7 +167,7 @@ class AdedLlama(llama_cpp.Llama):
         self._ctx = self._stack.enter_context(contextlib.closing(ctx))
         self.context_params = params
         self.n_tokens = 0
-        self._tree_batch = TreeBatch(self._max_nodes + 1, n_seq)
+        self._tree_batch = TreeBatch(self._max_nodes + 1, n_seq, self._pad)
 
     def chat_tokens(self, messages) -> list:
         """Prompt tokens of a chat, formatted by the model's own chat template (as
@@ -210,7 +239,7 @@ class AdedLlama(llama_cpp.Llama):
                     system=llama_cpp.llama_print_system_info().decode(errors="replace"),
                     threads=p.n_threads, threads_batch=p.n_threads_batch, n_ctx=p.n_ctx, n_ubatch=p.n_ubatch,
                     flash_attn=int(p.flash_attn_type), gpu_layers=self.model_params.n_gpu_layers,
-                    max_size=self._max_nodes + 1, version=2)
+                    max_size=self._max_nodes + 1, verify_batch=self._pad, version=2)
 
     def _cost_curve(self) -> CostModel:
         """The measured cost curve, from the on-disk cache when this exact setup was measured."""
@@ -248,11 +277,12 @@ class AdedLlama(llama_cpp.Llama):
         def timed(n: int) -> float:
             chain = DraftTree(np.array(filler[prefix + 1:prefix + n], np.int32), np.arange(-1, n - 2, dtype=np.int32),
                               np.arange(1, n, dtype=np.int32), np.ones(n - 1, np.float32), np.ones(n - 1, np.int32))
-            self._tree_batch.fill([filler[prefix]], chain, prefix)
+            self._tree_batch.fill([filler[prefix]], chain, prefix, pad=self._pad > 0)   # steps' own shape
             t = time.perf_counter()
             self._decode(self._tree_batch.batch)
             dt = time.perf_counter() - t
             llama_cpp.llama_memory_seq_rm(mem, -1, prefix, -1)
+            llama_cpp.llama_memory_seq_rm(mem, self._tree_batch.spare, -1, -1)
             return dt
 
         timed(sizes[0])  # warm-up
@@ -409,7 +439,8 @@ class AdedLlama(llama_cpp.Llama):
 
     def _verify(self, tree: DraftTree, pending: list, n_past: int) -> int:
         """One llama_decode of the pending tokens and the tree; returns the sequence ids used."""
-        n_leaves = self._tree_batch.fill(pending, tree, n_past)
+        pad = self._pad > 0 and self._n_ctx - n_past >= self._pad   # padding rows need free cells
+        n_leaves = self._tree_batch.fill(pending, tree, n_past, pad)
         mem = llama_cpp.llama_get_memory(self._ctx.ctx)
         for s in range(1, n_leaves):  # every branch must hold the shared prefix first
             llama_cpp.llama_memory_seq_cp(mem, 0, s, -1, -1)
@@ -419,6 +450,9 @@ class AdedLlama(llama_cpp.Llama):
             for s in range(1, n_leaves):
                 llama_cpp.llama_memory_seq_rm(mem, s, -1, -1)
             raise
+        finally:
+            if pad:
+                llama_cpp.llama_memory_seq_rm(mem, self._tree_batch.spare, -1, -1)
         return n_leaves
 
     def _logits_row(self, row: int) -> np.ndarray:

@@ -131,6 +131,7 @@ def test_help_explains_commands_and_llama_cpp_options(capsys):
     (["-ngl", "-2"], "--n-gpu-layers must be >= 0"),
     (["--temp"], "'--temp' requires an argument"),
     (["--copy-ngram", "4"], "'--copy-ngram': 4 is not in the range 1<=x<=3"),
+    (["--verify-batch", "1"], "verify_batch must be -1, 0 or 2..256"),
 ])
 def test_invalid_options_are_one_line(capsys, args, fragment):
     assert main(["run", "-p", "x", *args]) != 0  # checked before any model is loaded
@@ -151,9 +152,10 @@ def test_draft_options_reach_the_draft_config(monkeypatch, capsys):
         raise Loaded                 # stop before any model is loaded
     monkeypatch.setattr(cli_module, "load_model", fake_load_model)
     with pytest.raises(Loaded):
-        main(["run", "-p", "x", "--copy-ngram", "1", "--copy-depth", "8", "--max-nodes", "5", "--budget", "fixed"])
+        main(["run", "-p", "x", "--copy-ngram", "1", "--copy-depth", "8", "--max-nodes", "5", "--budget", "fixed",
+              "--verify-batch", "16"])
     draft = seen["draft"]
-    assert (draft.copy_ngram, draft.copy_depth, draft.max_nodes, draft.budget) == (1, 8, 5, "fixed")
+    assert (draft.copy_ngram, draft.copy_depth, draft.max_nodes, draft.budget, draft.verify_batch) == (1, 8, 5, "fixed", 16)
 
 
 def test_bench_gpu_layers_reach_every_system(monkeypatch):

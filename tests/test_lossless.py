@@ -131,6 +131,45 @@ def test_auto_budget_drafts_on_repetitive_text_when_batches_are_cheap(plain, mod
     assert s.accepted > 0 and s.steps < s.generated / 2
 
 
+def test_fixed_shape_verification_matches_plain(plain, model_path, scorer):
+    """verify_batch=8 (what a CUDA GPU gets automatically): every step is one decode of exactly
+    8 rows, the idle ones in a spare sequence that nothing attends to; the output stays the
+    model's own and no padding row is left in the KV cache."""
+    from aded_edge.config import DraftConfig
+    from aded_edge.llama import AdedLlama
+    from conftest import LLAMA
+    llm = AdedLlama(model_path, **LLAMA, calibrate=False, persist=False,
+                    draft=DraftConfig(verify_batch=8, budget="fixed"))
+    import llama_cpp
+    mem, spare = llama_cpp.llama_get_memory(llm._ctx.ctx), llm._tree_batch.spare
+    rows, decode = [], llm._decode
+
+    def recorded(batch):   # the batch's size and whether padding of an earlier step was left behind
+        rows.append((batch.n_tokens, llama_cpp.llama_memory_seq_pos_max(mem, spare) < 0))
+        return decode(batch)
+    llm._decode = recorded
+    accepted = 0
+    for text in PROMPTS[:6]:
+        prompt = tokens_of(plain, text)
+        got = first_n(llm.generate(prompt, temp=0.0), 48)
+        assert_greedy_throughout(scorer, prompt, got, repr(text[:40]))
+        if BATCH_INVARIANT:
+            assert got == first_n(plain.generate(prompt, temp=0.0), 48)
+        assert llm.kv_sequences_empty(llm._tree_batch.spare + 1)
+        assert llm.n_tokens == llm.kv_positions()
+        accepted += llm.last_stats.accepted
+    assert set(rows) == {(8, True)} and accepted > 0
+
+
+def test_fixed_shape_verification_is_off_on_a_cpu_build(model_path):
+    from aded_edge.llama import AdedLlama, system_info
+    if "CUDA" in system_info():
+        pytest.skip("a CUDA build")
+    from conftest import LLAMA
+    llm = AdedLlama(model_path, **{**LLAMA, "n_gpu_layers": -1}, calibrate=False, persist=False)
+    assert llm._pad == 0 and llm._max_nodes == llm.draft_config.max_nodes
+
+
 @exact
 def test_completion_api_text_matches_plain(plain, aded):
     kw = dict(max_tokens=48, temperature=0.0, stop=["\n\n\n"])

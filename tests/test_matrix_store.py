@@ -116,3 +116,4 @@ def test_timed_decodes_wait_for_the_backend(model_path, cache, monkeypatch):
     monkeypatch.setattr(module.llama_cpp, "llama_synchronize", slow_backend)
     _, seconds, _ = llm.measure_costs(sizes=[1, 2], repeats=1)
     assert min(seconds) >= 0.030
+
