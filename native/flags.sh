@@ -8,8 +8,11 @@ backend_flags() {
     # the batch; ggml's own CPU kernels do not (for Q4_0/Q4_1 weights; K-quants still differ
     # slightly), so tree verification matches one-token decoding (see README, Exactness).
     cpu)   flags="-DLLAMA_CURL=OFF -DGGML_LLAMAFILE=OFF" ;;
-    metal) flags="-DLLAMA_CURL=OFF -DGGML_METAL=on" ;;
-    cuda)  flags="-DLLAMA_CURL=OFF -DGGML_CUDA=on${CUDA_ARCH:+ -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH}" ;;
+    # GPU builds keep llamafile off too: layers left on the CPU (-ngl below the layer count)
+    # then run the batch-invariant kernels; the GPU's own kernels are not batch-invariant
+    # (measured on an H200: up to 2.7 logits between a batch of 1 and of 2-64; README, Exactness)
+    metal) flags="-DLLAMA_CURL=OFF -DGGML_LLAMAFILE=OFF -DGGML_METAL=on" ;;
+    cuda)  flags="-DLLAMA_CURL=OFF -DGGML_LLAMAFILE=OFF -DGGML_CUDA=on${CUDA_ARCH:+ -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH}" ;;
     *) echo "unknown backend '$1' (cpu, metal or cuda)" >&2; return 2 ;;
   esac
   # x86: ggml's AMX matmul (which -march=native turns on for Sapphire Rapids and newer Xeons)
