@@ -138,9 +138,9 @@ class AdedLlama(llama_cpp.Llama):
 
     def _verify_batch(self, kwargs) -> int:
         """Rows of every verification batch (0: as many as the tree needs). Automatic: 8 with
-        layers on a CUDA GPU, whose graph is replayed only while the batch keeps its shape (an
-        H200 decoded SmolLM2's 8-token batches about as fast as one token once replayed; a new
-        shape costs an eager run and then a capture), else off: on a CPU every row costs."""
+        layers on a CUDA GPU, where llama.cpp replays its captured graph only while the batch
+        keeps its shape (a new shape costs an eager run, then a capture; measured on an H200,
+        see README's GPU section), else off: on a CPU every row costs."""
         n = self.draft_config.verify_batch
         if n >= 0:
             return n
