@@ -407,7 +407,7 @@ class AdedLlama(llama_cpp.Llama):
             calibrator.learn(history)
             calibrator.settle(expected, len(accepted))
             t3 = time.perf_counter()
-            cost.observe(len(pending) + k, t2 - t1, (t1 - t0) + (t3 - t2))
+            cost.observe(len(pending) + k, t2 - t1, (t1 - t0) + (t3 - t2), drafted=k > 0)
             stats.record_step(k, len(accepted))
             stats.draft_s += t1 - t0
             stats.verify_s += t2 - t1

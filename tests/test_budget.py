@@ -303,3 +303,20 @@ def test_copy_chain_is_drafted_once_copying_has_proven_right():
         never.observe(full, [1, 1, 1, 1])
     _, tree, _ = draft_step(m, text, cfg, never, STEPPED, 16, 4, lookup=lookup)
     assert len(tree) == 0
+
+
+def test_a_search_pays_for_its_own_time():
+    """Time outside llama_decode is learnt apart for steps that verified drafts (search, walk,
+    update) and plain steps; whether a search can pay compares a drafting step's total cost with
+    a plain step's, so the bar for the first draft node rises with the difference."""
+    from aded_edge.budget import pay_threshold
+    cm = CostModel([1, 2, 4], [0.010, 0.014, 0.020])
+    for _ in range(200):
+        cm.observe(1, 0.010, 0.0002, drafted=False)
+        cm.observe(2, 0.014, 0.0008)
+    assert cm.overhead_plain == pytest.approx(0.0002, rel=0.01) and cm.overhead == pytest.approx(0.0008, rel=0.01)
+    c = [cm(n) for n in range(5)]
+    want = min(((c[k + 1] + 0.0008) / (c[1] + 0.0002) - 1.0) / k for k in (1, 2, 3))
+    assert pay_threshold(cm, 3) == pytest.approx(want, rel=0.01)
+    cm.overhead = cm.overhead_plain = 0.0005                  # one blended figure for both kinds of step
+    assert pay_threshold(cm, 3) < want - 0.02
