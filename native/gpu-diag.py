@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import llama_cpp  # noqa: E402
 from aded_edge import llama as L, models  # noqa: E402
-from test_lossless import PROMPTS  # noqa: E402
+from test_lossless import PROMPTS, first_n  # noqa: E402
 
 
 def batch_variance(path, ngl, ks=(2, 4, 8, 9, 16, 32, 64)):
@@ -51,12 +51,7 @@ def step_breakdown(path, ngl, n_prompts=8, n_tokens=128):
     prompts = [plain.tokenize(p.encode(), add_bos=False, special=True) for p in PROMPTS[:n_prompts]]
 
     def run(llm, prompt, n=n_tokens):
-        out = []
-        for tok in llm.generate(prompt, temp=0.0):
-            out.append(tok)
-            if len(out) == n:
-                break
-        return len(out)
+        return len(first_n(llm.generate(prompt, temp=0.0), n))
     run(aded, prompts[0], 16), run(plain, prompts[0], 16)   # warm-up
     by_size.clear()
     t = time.perf_counter(); n_plain = sum(run(plain, p) for p in prompts); t_plain = time.perf_counter() - t
