@@ -87,3 +87,16 @@ def walk_tree(tree: DraftTree, row: Callable[[int], np.ndarray], choose: Callabl
             return accepted, emitted
         accepted.append(nxt)
         node = nxt
+
+
+def rejected_choices(tree: DraftTree, accepted: list, row: Callable[[int], np.ndarray], pending: int):
+    """The model's most likely next token after every verified node it did not accept, as grams
+    (a, b) -> c for TrigramMatrix.update_grams: b the node's token, a its parent's (`pending` for
+    a child of the pending token), c the argmax of the node's logits. The verification computed
+    them anyway; the text may reach such a pair later. Always the argmax, never a draw: a sampled
+    generation's random stream stays the one plain decoding would use."""
+    rejected = np.setdiff1d(np.arange(len(tree)), np.asarray(accepted, dtype=np.int64), assume_unique=True)
+    parents = tree.parents[rejected]
+    a = np.where(parents >= 0, tree.tokens[np.maximum(parents, 0)], pending).astype(np.int64)
+    c = np.array([int(np.argmax(row(int(j) + 1))) for j in rejected], dtype=np.int64)
+    return a, tree.tokens[rejected].astype(np.int64), c

@@ -278,7 +278,7 @@ def write_plots(out_dir: Path, summary: list[dict], rows: list[dict], cost: dict
     return f"plots: {out_dir}/speedup.png, tokens_per_step.png, cost_curve.png"
 
 
-SYSTEMS = ("plain", "aded", "aded-nocorpus", "aded-fixed", "prompt-lookup", "reference",
+SYSTEMS = ("plain", "aded", "aded-nocorpus", "aded-fixed", "aded-fixed-norejected", "prompt-lookup", "reference",
            "llama-completion", "llama-lookup", "llama-speculative")
 DRAFT_MODELS = {"qwen2.5-coder-1.5b-instruct-q4_k_m.gguf": "qwen2.5-coder-0.5b-instruct"}  # for llama-speculative
 
@@ -302,6 +302,8 @@ def make_system(name: str, path: str, common: dict, vocab: tuple[str, int] | Non
         return AdedLlama(path, persist=False, corpus=False, **common)
     if name == "aded-fixed":      # no budget: always the whole MCTS tree
         return AdedLlama(path, persist=False, draft=DraftConfig(budget="fixed"), **common)
+    if name == "aded-fixed-norejected":  # the same, not learning the model's choices after rejected nodes
+        return AdedLlama(path, persist=False, draft=DraftConfig(budget="fixed", adapt_rejected=False), **common)
     if name == "prompt-lookup":   # llama-cpp-python's own, its recommended CPU setting (2 tokens)
         return prompt_lookup_llama(path, num_pred_tokens=2 if common.get("n_gpu_layers", 0) == 0 else 10, **common)
     if name == "reference":       # the ADED authors' drafter on the same corpus, same verifier and budget

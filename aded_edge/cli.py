@@ -647,7 +647,8 @@ def matrix_reset(model, everything):
 @click.option("-n", "--max-tokens", type=click.IntRange(2, 4096), default=128, show_default=True)
 @click.option("--systems", default="plain,aded,aded-nocorpus,prompt-lookup,reference,llama-completion,llama-lookup,"
               "llama-speculative", show_default=True,
-              help="Comma-separated: plain, aded, aded-nocorpus, aded-fixed, prompt-lookup, reference (the ADED "
+              help="Comma-separated: plain, aded, aded-nocorpus, aded-fixed (whole trees, no budget), "
+                   "aded-fixed-norejected, prompt-lookup, reference (the ADED "
                    "authors' drafter) and, after `make peers`, llama-completion, llama-lookup, llama-speculative. "
                    "Plain always runs; a system that cannot run here is reported as skipped.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prompt selection.")

@@ -19,6 +19,8 @@ class DraftConfig:
     # --- adaptation of the tri-gram matrix while decoding ---
     adapt_increment: float = 0.5  # weight added to a tri-gram each time the context or output shows it
     adapt_cap: float = 4.0        # ceiling of an adapted weight (keeps old habits from freezing the tree)
+    adapt_rejected: bool = True   # also adapt with the model's own next token after every verified node it
+                                  # rejected (its logits come with the verification; accept.rejected_choices)
     # --- budget: how much of the tree is verified each step ---
     budget: str = "auto"        # "auto": choose size from measured cost and predicted acceptance; "fixed": always max_nodes
     min_accept_prob: float = 0.0  # nodes predicted below this acceptance are never drafted (auto budget)

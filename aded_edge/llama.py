@@ -22,7 +22,7 @@ import numpy as np
 from llama_cpp import _internals
 
 from . import models, store
-from .accept import Sampling, make_chooser, walk_tree
+from .accept import Sampling, make_chooser, rejected_choices, walk_tree
 from .budget import CostModel, ReachCalibrator, draft_step
 from .config import DraftConfig
 from .draft import ContextLookup, DraftTree, tree_layout
@@ -127,6 +127,7 @@ class AdedLlama(llama_cpp.Llama):
         text = [0, 1, 0, 1, 0, 1]
         scratch = TrigramMatrix(self.matrix.n_vocab, top_k=self.matrix.top_k)
         scratch.update(text)
+        scratch.update_grams(np.array([-1, 0]), [1, 0], [0, 1])
         calibrator, cost = ReachCalibrator(), CostModel([1, 2], [1.0, 1.0])
         for budget in ("fixed", "auto"):
             for lookup in (None, ContextLookup(text)):
@@ -401,6 +402,9 @@ class AdedLlama(llama_cpp.Llama):
             history.extend(emitted)
             lookup.extend(emitted)
             matrix.update(history[start - 2:], start=2)
+            if cfg.adapt_rejected and self.drafter is None and len(accepted) < k:
+                matrix.update_grams(*rejected_choices(tree, accepted, lambda r: self._logits_row(base + r),
+                                                      history[start - 1]))
             if self.drafter is not None:
                 self.drafter.update(emitted)
             calibrator.track(full, start)

@@ -127,6 +127,24 @@ def _adapt(keys, rowof, succ, w, n_rows, tokens, start, n_vocab, inc, cap):
 
 
 @njit(cache=True)
+def _adapt_grams(keys, rowof, succ, w, n_rows, a, b, c, start, n_vocab, inc, cap):
+    """Add the tri-grams (a[i], b[i]) -> c[i] (none where a[i] < 0) and bigrams b[i] -> c[i] for
+    i >= start. Returns the first index not yet processed, as _adapt does."""
+    bigram_base = np.int64(n_vocab) * np.int64(n_vocab)
+    for i in range(start, c.shape[0]):
+        rb = _find_or_insert_row(keys, rowof, succ, n_rows, bigram_base + np.int64(b[i]))
+        if rb < 0:
+            return i
+        if a[i] >= 0:
+            rt = _find_or_insert_row(keys, rowof, succ, n_rows, np.int64(a[i]) * n_vocab + np.int64(b[i]))
+            if rt < 0:
+                return i
+            _bump(succ, w, rt, c[i], inc, cap)
+        _bump(succ, w, rb, c[i], inc, cap)
+    return c.shape[0]
+
+
+@njit(cache=True)
 def _static_row(s_keys, key):
     """Index of key in the sorted static keys, or -1."""
     n = s_keys.shape[0]
@@ -387,6 +405,23 @@ class TrigramMatrix:
             i = _adapt(self.keys, self.rowof, self.succ, self.w, self.n_rows, arr, i,
                        self.n_vocab, np.float32(self.increment), np.float32(self.cap))
             if i < arr.shape[0]:
+                self._grow()
+
+    def update_grams(self, a, b, c) -> None:
+        """Raise the weights of the tri-grams (a[i], b[i]) -> c[i] and bigrams b[i] -> c[i], one by
+        one (a[i] = -1: no tri-gram context, the bigram only): grams that are not a run of text,
+        such as the model's own choice after a draft node it did not accept."""
+        a = np.asarray(a, dtype=np.int64)
+        b, c = _as_tokens(b, self.n_vocab), _as_tokens(c, self.n_vocab)
+        if not a.shape == b.shape == c.shape or a.ndim != 1:
+            raise ValueError("update_grams needs three 1-d arrays of one length")
+        if a.size and (a.min() < -1 or a.max() >= self.n_vocab):
+            raise ValueError("token ids out of the matrix vocabulary")
+        i = 0
+        while i < c.shape[0]:
+            i = _adapt_grams(self.keys, self.rowof, self.succ, self.w, self.n_rows, a, b, c, i,
+                             self.n_vocab, np.float32(self.increment), np.float32(self.cap))
+            if i < c.shape[0]:
                 self._grow()
 
     def successors(self, a: int, b: int, top_k: int | None = None, seen: bool = False):

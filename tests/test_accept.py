@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from aded_edge.accept import Sampling, make_chooser, sampling_distribution, walk_tree
+from aded_edge.accept import Sampling, make_chooser, rejected_choices, sampling_distribution, walk_tree
 from aded_edge.draft import DraftTree
 
 
@@ -83,3 +83,18 @@ def test_walk_accepts_longest_matching_path_plus_bonus():
     assert acc == [] and out == [4]
     acc, out = walk_tree(tree([], []), logits_for({0: 1}), greedy)
     assert acc == [] and out == [1]
+
+
+def test_rejected_choices_are_the_models_argmax_after_each_rejected_node():
+    #        pending(4) -> 5 -> 6 -> 7
+    #                   \-> 8 -> 9
+    t = tree([5, 8, 6, 9, 7], [-1, -1, 0, 1, 2])
+    choices = {0: 8, 1: 1, 2: 9, 3: 2, 4: 3, 5: 0}   # row 1 + j: the model after node j
+    acc, _ = walk_tree(t, logits_for(choices), make_chooser(Sampling(temp=0.0)))
+    assert acc == [1, 3]
+    a, b, c = rejected_choices(t, acc, logits_for(choices), pending=4)
+    # nodes 0 (5 after the pending 4), 2 (6 after 5), 4 (7 after 6) were rejected
+    assert list(zip(a.tolist(), b.tolist(), c.tolist())) == [(4, 5, 1), (5, 6, 2), (6, 7, 0)]
+    a, b, c = rejected_choices(t, [0, 2, 4], logits_for(choices), pending=4)
+    assert list(zip(a.tolist(), b.tolist(), c.tolist())) == [(4, 8, 9), (8, 9, 3)]
+    assert all(len(x) == 0 for x in rejected_choices(tree([], []), [], logits_for({0: 1}), pending=4))

@@ -222,6 +222,35 @@ def test_copies_carrying_edits_stay_lossless(plain, aded_tree, scorer, monkeypat
     assert edited and aded_tree.last_stats.accepted > 0
 
 
+def test_rejected_nodes_teach_the_models_own_next_token(plain, aded_tree, scorer, monkeypatch):
+    """After each verification the matrix also learns, for every draft node the model rejected,
+    the token the model would write after that node (DraftConfig.adapt_rejected): each such token
+    must be the model's greedy choice after the text that ends at the node (plain scoring)."""
+    import aded_edge.llama as L
+    real, out, learnt = L.rejected_choices, [], []
+
+    def recorded(tree, accepted, row, pending):
+        assert pending == out[-1]   # the depth-1 nodes follow the last emitted token
+        a, b, c = real(tree, accepted, row, pending)
+        for j, choice in zip([j for j in range(len(tree)) if j not in accepted], c.tolist()):
+            path, n = [], j
+            while n >= 0:
+                path.insert(0, int(tree.tokens[n]))
+                n = int(tree.parents[n])
+            learnt.append((out + path, choice))   # out: every token emitted so far, the pending one last
+        return a, b, c
+    monkeypatch.setattr(L, "rejected_choices", recorded)
+    prompt = tokens_of(plain, PROMPTS[1])
+    for tok in aded_tree.generate(prompt, temp=0.0):
+        out.append(tok)
+        if len(out) == 48:
+            break
+    assert len(learnt) >= 20
+    for text, choice in learnt[::len(learnt) // 16]:
+        gap = own_prefix_gaps(scorer, prompt, text + [choice])[-1]
+        assert gap < NEAR_TIE, f"learnt {choice} after a rejected node, {gap:.3f} logits below the model's choice"
+
+
 @exact
 def test_end_of_generation_inside_an_accepted_path(plain, aded_tree):
     aded = aded_tree  # trees on every step

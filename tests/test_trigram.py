@@ -74,6 +74,42 @@ def test_adaptive_table_grows_past_its_initial_size():
     _rows_equal(m, naive, 40000)
 
 
+@pytest.mark.parametrize("seed,v,k,n", [(0, 5, 2, 300), (1, 50, 3, 2000), (4, 40000, 4, 12000)])
+def test_update_grams_matches_naive(seed, v, k, n):
+    """Single grams (a, b) -> c, a = -1 adding the bigram only, mixed with runs of text; the last
+    case outgrows the initial table."""
+    rng = np.random.default_rng(seed)
+    m = TrigramMatrix(v, top_k=k, increment=0.5, cap=2.0)
+    naive = NaiveAdaptive(v, k, 0.5, 2.0)
+    text = rng.integers(0, v, n // 4).tolist()
+    m.update(text)
+    naive.update(text)
+    a = rng.integers(-1, v, n)
+    b, c = rng.integers(0, v, n), rng.integers(0, v, n)
+    m.update_grams(a, b, c)
+    for x, y, z in zip(a.tolist(), b.tolist(), c.tolist()):
+        if x >= 0:
+            naive.bump((x, y), z)
+        naive.bump((None, y), z)
+    _rows_equal(m, naive, v)
+    assert m.adaptive_rows == len(naive.rows)
+    for y in b[:50].tolist():   # the bigram rows too (a = -1 asks for the bigram alone)
+        toks, probs = m.successors(-1, y, m.top_k)
+        want_t, want_p = naive.successors(None, y, m.top_k)
+        got, want = sorted(zip(toks.tolist(), probs.tolist())), sorted(zip(want_t, want_p))
+        assert [t for t, _ in got] == [t for t, _ in want]
+        assert np.allclose([p for _, p in got], [p for _, p in want], atol=1e-5)
+
+
+def test_update_grams_rejects_bad_input():
+    m = TrigramMatrix(10)
+    for a, b, c in (([-2], [1], [2]), ([10], [1], [2]), ([1], [10], [2]), ([1], [1], [-1]), ([1, 2], [1], [2])):
+        with pytest.raises(ValueError):
+            m.update_grams(a, b, c)
+    m.update_grams([], [], [])
+    assert m.adaptive_rows == 0
+
+
 def test_update_rejects_out_of_range_tokens():
     m = TrigramMatrix(10)
     with pytest.raises(ValueError):
