@@ -59,7 +59,7 @@ class DraftTree:
 
 
 @njit(cache=True)
-def _mcts(ctx_a, pending, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob,
+def _mcts(ctx_a, pending, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob, s_index,
           top_k, n_sims, max_depth, max_nodes, c1, c2):
     cap = 1 + n_sims * top_k
     tok = np.empty(cap, np.int32)
@@ -104,7 +104,7 @@ def _mcts(ctx_a, pending, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, 
         if not expanded[node] and dep[node] < max_depth:
             expanded[node] = True
             a = tok[par[node]] if node > 0 else ctx_a
-            n = _successors(a, tok[node], n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob,
+            n = _successors(a, tok[node], n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob, s_index,
                             top_k, out_tok, out_p, out_seen)
             first[node] = n_nodes
             n_ch[node] = n
@@ -124,7 +124,7 @@ def _mcts(ctx_a, pending, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, 
         r = reach[node]
         a, b = (tok[par[node]] if node > 0 else ctx_a), tok[node]
         for _d in range(dep[node], max_depth):
-            n = _successors(a, b, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob,
+            n = _successors(a, b, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob, s_index,
                             1, out_tok, out_p, out_seen)
             if n == 0:
                 break

@@ -145,19 +145,32 @@ def _adapt_grams(keys, rowof, succ, w, n_rows, a, b, c, start, n_vocab, inc, cap
 
 
 @njit(cache=True)
-def _static_row(s_keys, key):
-    """Index of key in the sorted static keys, or -1."""
-    n = s_keys.shape[0]
-    if n == 0:
-        return -1
-    i = np.searchsorted(s_keys, key)
-    if i < n and s_keys[i] == key:
-        return i
-    return -1
+def _index_static(s_keys, index):
+    """Fill the static part's hash index: slot -> row (-1: empty), linear probing from _slot."""
+    mask = index.shape[0] - 1
+    for r in range(s_keys.shape[0]):
+        i = _slot(s_keys[r], mask)
+        while index[i] >= 0:
+            i = (i + 1) & mask
+        index[i] = r
 
 
 @njit(cache=True)
-def _merge_row(key, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob, out_tok, out_w, out_seen):
+def _static_row(s_keys, s_index, key):
+    """Row of key in the static part, or -1. Through the hash index: a binary search over a
+    corpus matrix's millions of keys touched about twenty cache lines, each a miss right after a
+    llama_decode has swept the caches (SmolLM2's matrix: 0.5 us against 0.1 us per lookup)."""
+    mask = s_index.shape[0] - 1
+    i = _slot(key, mask)
+    while True:
+        r = s_index[i]
+        if r < 0 or s_keys[r] == key:
+            return r
+        i = (i + 1) & mask
+
+
+@njit(cache=True)
+def _merge_row(key, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob, s_index, out_tok, out_w, out_seen):
     """Union of the adaptive and static successors of one pair key into out_* (out_seen: 1 when
     the adaptive part holds the successor, i.e. it was seen in this context); returns count."""
     n = 0
@@ -169,7 +182,7 @@ def _merge_row(key, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob, out_tok
                 out_w[n] = w[r, j] * CONTEXT_WEIGHT
                 out_seen[n] = 1
                 n += 1
-    s = _static_row(s_keys, key)
+    s = _static_row(s_keys, s_index, key)
     if s >= 0:
         for j in range(s_ptr[s], s_ptr[s + 1]):
             t = s_succ[j]
@@ -188,7 +201,7 @@ def _merge_row(key, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob, out_tok
 
 
 @njit(cache=True)
-def _successors(a, b, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob,
+def _successors(a, b, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob, s_index,
                 top_k, out_tok, out_p, out_seen):
     """Top-k successors of the context (a, b) with probabilities summing to 1, best first;
     out_seen[i] = 1 when the tri-gram (a, b, successor) was seen in this context (adaptive part).
@@ -199,10 +212,10 @@ def _successors(a, b, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_pr
     n = 0
     if a >= 0:
         n = _merge_row(np.int64(a) * n_vocab + b, keys, rowof, succ, w,
-                       s_keys, s_ptr, s_succ, s_prob, buf_tok, buf_w, buf_seen)
+                       s_keys, s_ptr, s_succ, s_prob, s_index, buf_tok, buf_w, buf_seen)
     if n == 0:
         n = _merge_row(np.int64(n_vocab) * n_vocab + b, keys, rowof, succ, w,
-                       s_keys, s_ptr, s_succ, s_prob, buf_tok, buf_w, buf_seen)
+                       s_keys, s_ptr, s_succ, s_prob, s_index, buf_tok, buf_w, buf_seen)
         buf_seen[:n] = 0  # a bigram fallback is never a tri-gram of this context
     # selection sort of the best top_k (n is small)
     m = min(n, top_k)
@@ -344,6 +357,7 @@ class TrigramMatrix:
     s_ptr: np.ndarray = field(default=None, repr=False)   # int64 row pointers
     s_succ: np.ndarray = field(default=None, repr=False)  # int32 successor ids
     s_prob: np.ndarray = field(default=None, repr=False)  # float32 P(successor | pair)
+    s_index: np.ndarray = field(default=None, repr=False)  # int32 hash slot -> static row, -1 empty (set_static)
 
     def __post_init__(self):
         self._top1_buf = None
@@ -386,6 +400,9 @@ class TrigramMatrix:
         self.s_keys, self.s_ptr = s_keys, s_ptr
         self.s_succ = np.ascontiguousarray(s_succ, np.int32)
         self.s_prob = np.ascontiguousarray(s_prob, np.float32)
+        # hash index of the keys (load factor <= 0.5): 4 bytes per slot, 16 MB for 1.5M rows
+        self.s_index = np.full(1 << max(1, int(2 * s_keys.size).bit_length()), -1, np.int32)
+        _index_static(s_keys, self.s_index)
 
     def static_arrays(self):
         return self.s_keys, self.s_ptr, self.s_succ, self.s_prob
@@ -451,7 +468,7 @@ class TrigramMatrix:
     def kernel_arrays(self):
         """The arrays every drafting kernel takes, in kernel argument order."""
         return (self.keys, self.rowof, self.succ, self.w,
-                self.s_keys, self.s_ptr, self.s_succ, self.s_prob)
+                self.s_keys, self.s_ptr, self.s_succ, self.s_prob, self.s_index)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path, part: str = "all", **info) -> None:

@@ -172,6 +172,19 @@ def test_count_static_matches_naive(seed, v, top_k, min_count):
         assert np.allclose(sorted(p for _, p in got), sorted(p for _, p in want[key]), atol=1e-6)
 
 
+@pytest.mark.parametrize("n", [0, 1, 7, 5000])
+def test_static_index_finds_every_key_and_only_those(n):
+    from aded_edge.trigram import _static_row
+    rng = np.random.default_rng(n)
+    keys = np.unique(rng.integers(0, 1 << 40, n))
+    m = TrigramMatrix(1 << 20)
+    m.set_static(keys, np.arange(keys.size + 1), np.zeros(keys.size, np.int32), np.ones(keys.size, np.float32))
+    assert m.s_index.size >= 2 * keys.size and (m.s_index >= 0).sum() == keys.size
+    assert [_static_row(m.s_keys, m.s_index, k) for k in keys.tolist()] == list(range(keys.size))
+    others = np.setdiff1d(rng.integers(0, 1 << 40, 2000), keys)
+    assert all(_static_row(m.s_keys, m.s_index, k) == -1 for k in others.tolist())
+
+
 def test_count_static_does_not_span_streams():
     keys, ptr, succ, prob = count_static([[1, 2], [3, 4]], 5)
     assert (1 * 5 + 2) not in keys.tolist()          # no tri-gram (1, 2) -> 3 across streams
