@@ -28,6 +28,7 @@ LABEL_CHUNK = 4          # a waiting tree is labelled once this many more of its
 PRIOR_WEIGHT = 4.0       # pseudo-observations behind the initial belief
 PRIOR_TRUST = 0.5        # initial belief: a node is reached half as often as the matrix says
 COST_EMA = 0.05          # weight of one step's timing in the online cost scale
+SWITCH_EMA = 0.1         # weight of one step in the shape-switch cost estimate
 OVERHEAD_EMA = 0.1       # weight of one step in the per-step overhead estimate
 TABLE_SIZE = 258         # batch sizes 0..257 kept as a lookup table (a tree has at most 255 nodes)
 TABLE_REFRESH = 8        # steps between rebuilds of that table from the corrected curve
@@ -92,8 +93,8 @@ def _observe(depth, prob, seen, copied, parents, tokens, truth, done, hits, trie
 
 
 @njit(cache=True)
-def _best_size(q, table, overhead, min_q, min_gain):
-    """k maximising (1 + sum of the first k q) / (table[k + 1] + overhead), over q >= min_q;
+def _best_size(q, table, overhead, min_q, min_gain, extra):
+    """k maximising (1 + sum of the first k q) / (table[k + 1] + overhead + extra), over q >= min_q;
     k > 0 only where that rate beats a plain step's by the factor 1 + min_gain."""
     best_k, best_rate, expected = 0, (1.0 + min_gain) / (table[1] + overhead), 1.0
     k = 0
@@ -104,7 +105,7 @@ def _best_size(q, table, overhead, min_q, min_gain):
         if k + 1 >= table.shape[0]:
             break
         expected += q[i]
-        rate = expected / (table[k + 1] + overhead)
+        rate = expected / (table[k + 1] + overhead + extra)
         if rate > best_rate:
             best_k, best_rate = k, rate
     return best_k
@@ -117,11 +118,11 @@ def _order(q, depth):
 
 
 @njit(cache=True)
-def _pay_threshold(table, overhead, overhead_plain, max_k, min_gain):
+def _pay_threshold(table, overhead, overhead_plain, max_k, min_gain, extra):
     plain = table[1] + overhead_plain
     best = np.inf
     for k in range(1, min(max_k, table.shape[0] - 2) + 1):
-        best = min(best, ((1.0 + min_gain) * (table[k + 1] + overhead) / plain - 1.0) / k)
+        best = min(best, ((1.0 + min_gain) * (table[k + 1] + overhead + extra) / plain - 1.0) / k)
     return best
 
 
@@ -147,7 +148,7 @@ def _plausible(sizes, seconds, weights=None):
 class CostModel:
     """c(n): seconds for one llama_decode of n tokens, from a calibration curve and an online scale."""
 
-    def __init__(self, sizes, seconds):
+    def __init__(self, sizes, seconds, switch: float = 0.0):
         sizes = np.asarray(sizes, dtype=np.float64)
         seconds = np.asarray(seconds, dtype=np.float64)
         if sizes.ndim != 1 or sizes.shape != seconds.shape or sizes.size == 0 or sizes[0] != 1:
@@ -164,6 +165,18 @@ class CostModel:
         self._table = None        # c(0..TABLE_SIZE-1), rebuilt every TABLE_REFRESH observations
         self._index = {int(n): i for i, n in enumerate(sizes)}  # size -> point on the curve
         self._pending = 0         # observations since the table was rebuilt
+        # llama.cpp reuses its compute graph while batches keep their shape and rebuilds it when the
+        # size changes: a one-token decode right after a tree costs `switch` seconds more than one
+        # in a run of them (SmolLM2 on the 2-core Xeon: about 0.8 ms on 11 ms). c(1) is the cost
+        # inside a run; a tree drafted after a plain step also pays the switch back to plain.
+        self.switch = max(float(switch), 0.0)
+        self.last_size = 1        # batch size of the last real step
+
+    @property
+    def tree_extra(self) -> float:
+        """Seconds a tree now costs beyond c(k + 1): after a plain step, the plain step after it
+        pays the graph switch (after a tree, the next plain step pays it anyway)."""
+        return self.switch if self.last_size == 1 else 0.0
 
     @property
     def table(self) -> np.ndarray:
@@ -194,8 +207,11 @@ class CostModel:
             self.overhead += OVERHEAD_EMA * (max(overhead, 0.0) - self.overhead)
         else:
             self.overhead_plain += OVERHEAD_EMA * (max(overhead, 0.0) - self.overhead_plain)
+        switched, self.last_size = int(n) != self.last_size, int(n)
         i = self._index.get(int(n))
-        if i is not None:
+        if n == 1 and switched:   # the first one-token decode after a tree: its excess is the switch
+            self.switch += SWITCH_EMA * (max(seconds - float(self.base(1)) * self.scale, 0.0) - self.switch)
+        elif i is not None:
             self.seconds[i] += COST_EMA * (seconds / self.scale - self.seconds[i])
             self._seen[i] += 1
         else:
@@ -302,7 +318,7 @@ def pay_threshold(cost: CostModel, max_k: int = 64, min_gain: float = 0.0) -> fl
     """Reach probability the best first draft node must beat before a search can pay: k nodes
     pay only if 1 + sum(q) > (1 + min_gain)(c(k+1) + o) / (c(1) + o_plain), and no q exceeds the
     first's (o: a drafting step's time outside the decode, o_plain: a plain step's)."""
-    return float(_pay_threshold(cost.table, cost.overhead, cost.overhead_plain, max_k, min_gain))
+    return float(_pay_threshold(cost.table, cost.overhead, cost.overhead_plain, max_k, min_gain, cost.tree_extra))
 
 
 def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, cost: CostModel,
@@ -340,4 +356,5 @@ def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, c
 def best_size(q_sorted: np.ndarray, cost: CostModel, min_q: float = 0.0, min_gain: float = 0.0) -> int:
     """k in 0..len(q) maximising (1 + sum(q[:k])) / (c(k + 1) + overhead), over q >= min_q; 0
     unless the best rate beats a plain step's by the factor 1 + min_gain."""
-    return int(_best_size(np.asarray(q_sorted, dtype=np.float64), cost.table, cost.overhead, min_q, min_gain))
+    return int(_best_size(np.asarray(q_sorted, dtype=np.float64), cost.table, cost.overhead, min_q, min_gain,
+                          cost.tree_extra))

@@ -240,7 +240,7 @@ class AdedLlama(llama_cpp.Llama):
                     system=llama_cpp.llama_print_system_info().decode(errors="replace"),
                     threads=p.n_threads, threads_batch=p.n_threads_batch, n_ctx=p.n_ctx, n_ubatch=p.n_ubatch,
                     flash_attn=int(p.flash_attn_type), gpu_layers=self.model_params.n_gpu_layers,
-                    max_size=self._max_nodes + 1, verify_batch=self._pad, version=2)
+                    max_size=self._max_nodes + 1, verify_batch=self._pad, version=3)
 
     def _cost_curve(self) -> CostModel:
         """The measured cost curve, from the on-disk cache when this exact setup was measured."""
@@ -249,23 +249,26 @@ class AdedLlama(llama_cpp.Llama):
         path = models.cache_dir() / "costs" / f"{digest}.json"
         with contextlib.suppress(OSError, ValueError, KeyError):
             data = json.loads(path.read_text())
-            return CostModel(data["sizes"], data["seconds"])
+            return CostModel(data["sizes"], data["seconds"], data["switch"])
         for _attempt in range(2):
-            sizes, seconds, spread = self.measure_costs()
+            sizes, seconds, spread, switch = self.measure_costs()
             if spread <= COST_MAX_SPREAD:
                 break
         else:  # the machine was busy: trust this curve for now (it is corrected online), not later
-            return CostModel(sizes, seconds)
+            return CostModel(sizes, seconds, switch)
         with contextlib.suppress(OSError):  # an unwritable cache only costs a re-measurement
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(dict(key=key, sizes=sizes, seconds=seconds, spread=spread)))
+            tmp.write_text(json.dumps(dict(key=key, sizes=sizes, seconds=seconds, spread=spread, switch=switch)))
             os.replace(tmp, path)
-        return CostModel(sizes, seconds)
+        return CostModel(sizes, seconds, switch)
 
     def measure_costs(self, sizes=None, repeats: int = COST_REPEATS):
         """(sizes, seconds of one llama_decode of n tokens with logits for each size, median
-        relative spread of the repeats: how much other load disturbed the measurement)."""
+        relative spread of the repeats: how much other load disturbed the measurement, switch:
+        how much more a one-token decode costs right after a decode of another size than inside
+        a run of them). Size 1 is timed inside a run, as plain steps follow each other; the other
+        sizes each after a decode of another size, as trees change size from step to step."""
         top = self._max_nodes + 1
         sizes = [n for n in (sizes or COST_SIZES) if n <= top] or [1]
         prefix = min(COST_PREFIX, self._n_ctx - top - 1)
@@ -289,13 +292,22 @@ class AdedLlama(llama_cpp.Llama):
         timed(sizes[0])  # warm-up
         # rounds over all sizes, not repeats of one size in a row: a load that comes and goes
         # during the calibration then shows as spread instead of bending the curve's shape
-        times = np.array([[timed(n) for n in sizes] for _ in range(repeats)])
+        times, switches = [], []
+        for _ in range(repeats):
+            row = [timed(n) for n in sizes]
+            timed(sizes[min(3, len(sizes) - 1)])           # a small tree, then plain steps:
+            after, _, steady = timed(1), timed(1), timed(1)  # on CUDA the second is the graph capture
+            if sizes[0] == 1:
+                row[0] = steady
+            times.append(row)
+            switches.append(after - steady)
+        times = np.array(times)
         out = np.median(times, axis=0)
         spread = float(np.median((times.max(axis=0) - times.min(axis=0)) / out))
         llama_cpp.llama_memory_clear(mem, True)
         self.n_tokens = 0
         self._requires_eval = True
-        return sizes, [float(x) for x in out], spread
+        return sizes, [float(x) for x in out], spread, max(float(np.median(switches)), 0.0)
 
     def _decode(self, batch) -> None:
         """One llama_decode, returning when the backend has finished it: a GPU backend returns

@@ -62,9 +62,11 @@ def test_cost_curve_from_a_disturbed_calibration_is_repaired():
     cm = CostModel([1, 2, 3], [0.05, 0.045, 0.25])
     assert cm(2) >= cm(1)
     for _ in range(300):
+        cm.observe(1, 0.010, 0.0)   # after a tree: no dearer than in a run, so no switch cost
         cm.observe(1, 0.010, 0.0)
         cm.observe(2, 0.017, 0.0)
     assert cm(1) == pytest.approx(0.010, rel=0.02) and cm(2) == pytest.approx(0.017, rel=0.02)
+    assert cm.switch == pytest.approx(0.0, abs=1e-4)
     with pytest.raises(ValueError):
         CostModel([2, 3], [1.0, 2.0])
 
@@ -320,3 +322,21 @@ def test_a_search_pays_for_its_own_time():
     assert pay_threshold(cm, 3) == pytest.approx(want, rel=0.01)
     cm.overhead = cm.overhead_plain = 0.0005                  # one blended figure for both kinds of step
     assert pay_threshold(cm, 3) < want - 0.02
+
+
+def test_a_shape_switch_is_learnt_apart_and_charged_to_a_tree_after_plain_steps():
+    """llama.cpp rebuilds its graph when the batch size changes: the first one-token decode after
+    a tree costs more than one in a run. That excess is learnt as the switch cost, not as c(1);
+    a tree drafted after a plain step is charged the switch back (after a tree it is paid anyway)."""
+    cm = CostModel([1, 2, 3], [0.010, 0.015, 0.020])
+    for _ in range(60):
+        cm.observe(3, 0.020, 0.0)
+        cm.observe(1, 0.0125, 0.0, drafted=False)   # right after the tree: 2.5 ms more
+        cm.observe(1, 0.010, 0.0, drafted=False)    # inside a run
+    assert cm(1) == pytest.approx(0.010, rel=0.01)
+    assert cm.switch == pytest.approx(0.0025, rel=0.01)
+    q = np.array([0.62])            # rate 1.62 / 15 ms = 108/s against 100/s, 1.62 / 17.5 ms = 93/s
+    cm.observe(1, 0.010, 0.0, drafted=False)
+    assert cm.tree_extra == pytest.approx(0.0025, rel=0.01) and best_size(q, cm) == 0
+    cm.observe(2, 0.015, 0.0)
+    assert cm.tree_extra == 0.0 and best_size(q, cm) == 1

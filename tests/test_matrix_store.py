@@ -80,7 +80,7 @@ def test_a_disturbed_cost_calibration_is_used_but_never_cached(model_path, cache
     def fake(spread):
         def measure():
             calls.append(spread)
-            return [1, 2, 4], [0.010, 0.015, 0.025], spread
+            return [1, 2, 4], [0.010, 0.015, 0.025], spread, 0.001
         return measure
     monkeypatch.setattr(llm, "measure_costs", fake(0.6))      # repeats 60% apart: another process ran
     assert llm._cost_curve()(2) == pytest.approx(0.015)
@@ -89,14 +89,20 @@ def test_a_disturbed_cost_calibration_is_used_but_never_cached(model_path, cache
     llm._cost_curve()
     assert len(list(cache.glob("costs/*.json"))) == 1         # a clean calibration is cached ...
     monkeypatch.setattr(llm, "measure_costs", fake(0.9))
-    assert llm._cost_curve()(2) == pytest.approx(0.015) and calls[-1] == 0.05   # ... and reused
+    reused = llm._cost_curve()
+    assert reused(2) == pytest.approx(0.015) and reused.switch == 0.001 and calls[-1] == 0.05   # ... and reused
 
 
 def test_cost_calibration_measures_every_size_in_rounds(model_path, cache):
     llm = _llm(model_path, persist=False)
-    sizes, seconds, spread = llm.measure_costs(sizes=[1, 2, 4, 1000], repeats=2)
+    decoded, decode = [], llm._decode
+    llm._decode = lambda batch: (decoded.append(batch.n_tokens), decode(batch))
+    sizes, seconds, spread, switch = llm.measure_costs(sizes=[1, 2, 4, 1000], repeats=2)
+    # warm-up, then per round: every size once, then a small tree and a run of one-token decodes
+    # (the last of the run is size 1's time, the first minus it the switch cost)
+    assert decoded == [1] + [1, 2, 4, 4, 1, 1, 1] * 2
     assert sizes == [1, 2, 4]                       # sizes above the largest tree + 1 are left out
-    assert len(seconds) == 3 and all(s > 0 for s in seconds) and spread >= 0
+    assert len(seconds) == 3 and all(s > 0 for s in seconds) and spread >= 0 and switch >= 0
     assert llm.kv_positions() == 0                  # the calibration leaves an empty cache behind
 
 
@@ -114,6 +120,6 @@ def test_timed_decodes_wait_for_the_backend(model_path, cache, monkeypatch):
         time.sleep(0.030)
         return real(ctx)
     monkeypatch.setattr(module.llama_cpp, "llama_synchronize", slow_backend)
-    _, seconds, _ = llm.measure_costs(sizes=[1, 2], repeats=1)
+    _, seconds, _, _ = llm.measure_costs(sizes=[1, 2], repeats=1)
     assert min(seconds) >= 0.030
 
