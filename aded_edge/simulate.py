@@ -2,10 +2,11 @@
 
 For each recorded generation the replay drafts exactly as decoding would (same matrix adaptation,
 same tree), "verifies" against the recorded tokens, accepts along the tree, and asserts that the
-replayed output equals the recording. One adaptation is out of its reach: what the model would
-write after a draft node it rejected (DraftConfig.adapt_rejected) needs the model's logits there,
-so replay leaves it out and real decoding can draft better than replay says. It reports tokens per verification step and drafting time
-per token for each tree size: the hardware-independent half of the benchmark.
+replayed output equals the recording. It reports tokens per verification step and drafting time
+per token for each tree size: the hardware-independent half of the benchmark. One adaptation is
+out of its reach: what the model would write after a draft node it rejected
+(DraftConfig.adapt_rejected) needs the model's logits there, so replay leaves it out and real
+decoding can draft better than replay says.
 """
 from __future__ import annotations
 
