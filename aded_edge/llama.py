@@ -270,7 +270,7 @@ class AdedLlama(llama_cpp.Llama):
         a run of them). Size 1 is timed inside a run, as plain steps follow each other; the other
         sizes each after a decode of another size, as trees change size from step to step."""
         top = self._max_nodes + 1
-        sizes = [n for n in (sizes or COST_SIZES) if n <= top] or [1]
+        sizes = [1] + [n for n in (sizes or COST_SIZES) if 1 < n <= top]   # the curve starts at one token
         prefix = min(COST_PREFIX, self._n_ctx - top - 1)
         mem = llama_cpp.llama_get_memory(self._ctx.ctx)
         vocab = self.n_vocab()
@@ -294,12 +294,10 @@ class AdedLlama(llama_cpp.Llama):
         # during the calibration then shows as spread instead of bending the curve's shape
         times, switches = [], []
         for _ in range(repeats):
-            row = [timed(n) for n in sizes]
+            trees = [timed(n) for n in sizes[1:]]
             timed(sizes[min(3, len(sizes) - 1)])           # a small tree, then plain steps:
             after, _, steady = timed(1), timed(1), timed(1)  # on CUDA the second is the graph capture
-            if sizes[0] == 1:
-                row[0] = steady
-            times.append(row)
+            times.append([steady] + trees)
             switches.append(after - steady)
         times = np.array(times)
         out = np.median(times, axis=0)
