@@ -210,7 +210,7 @@ class CostModel:
         switched, self.last_size = int(n) != self.last_size, int(n)
         i = self._index.get(int(n))
         if n == 1 and switched:   # the first one-token decode after a tree: its excess is the switch
-            self.switch += SWITCH_EMA * (max(seconds - float(self.base(1)) * self.scale, 0.0) - self.switch)
+            self.switch += SWITCH_EMA * (max(seconds - self.seconds[0] * self.scale, 0.0) - self.switch)
         elif i is not None:
             self.seconds[i] += COST_EMA * (seconds / self.scale - self.seconds[i])
             self._seen[i] += 1
