@@ -25,6 +25,7 @@ FORMAT_VERSION = 2
 MAX_SAVED_ROWS = 1 << 18   # adaptive rows kept on disk (the heaviest); bounds the warm-start file
 CONTEXT_WEIGHT = 4.0       # an adapted weight counts this many times a corpus probability when merged
 EMPTY = -1
+MAX_STATIC_ROW = 255       # successors a static row may keep (count_static's top_k limit)
 
 
 class MatrixFileError(ValueError):
@@ -206,7 +207,7 @@ def _successors(a, b, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_pr
     """Top-k successors of the context (a, b) with probabilities summing to 1, best first;
     out_seen[i] = 1 when the tri-gram (a, b, successor) was seen in this context (adaptive part).
     Falls back to the bigram of b when the pair was never seen. Returns the count."""
-    buf_tok = np.empty(out_tok.shape[0] + succ.shape[1], np.int32)
+    buf_tok = np.empty(succ.shape[1] + MAX_STATIC_ROW, np.int32)  # the whole merged row
     buf_w = np.empty(buf_tok.shape[0], np.float32)
     buf_seen = np.zeros(buf_tok.shape[0], np.uint8)
     n = 0
@@ -217,9 +218,11 @@ def _successors(a, b, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_pr
         n = _merge_row(np.int64(n_vocab) * n_vocab + b, keys, rowof, succ, w,
                        s_keys, s_ptr, s_succ, s_prob, s_index, buf_tok, buf_w, buf_seen)
         buf_seen[:n] = 0  # a bigram fallback is never a tri-gram of this context
-    # selection sort of the best top_k (n is small)
+    # selection sort of the best top_k (n is small); probabilities over all n successors
     m = min(n, top_k)
     total = 0.0
+    for i in range(n):
+        total += buf_w[i]
     for i in range(m):
         best = i
         for j in range(i + 1, n):
@@ -228,7 +231,6 @@ def _successors(a, b, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_pr
         buf_tok[i], buf_tok[best] = buf_tok[best], buf_tok[i]
         buf_w[i], buf_w[best] = buf_w[best], buf_w[i]
         buf_seen[i], buf_seen[best] = buf_seen[best], buf_seen[i]
-        total += buf_w[i]
     for i in range(m):
         out_tok[i] = buf_tok[i]
         out_p[i] = buf_w[i] / total if total > 0 else 1.0 / m
@@ -325,8 +327,8 @@ def _as_tokens(tokens, n_vocab: int) -> np.ndarray:
 def count_static(streams, n_vocab: int, top_k: int = 12, min_count: int = 1):
     """CSR arrays (keys, ptr, succ, prob) of the top_k successors of every tri-gram context and
     every bigram context (key V*V + b) seen in the token streams; tri-grams never span streams."""
-    if not 1 <= top_k <= 255 or min_count < 1:
-        raise ValueError("top_k must be in 1..255 and min_count >= 1")
+    if not 1 <= top_k <= MAX_STATIC_ROW or min_count < 1:
+        raise ValueError(f"top_k must be in 1..{MAX_STATIC_ROW} and min_count >= 1")
     parts = []
     for stream in streams:
         parts.append(_as_tokens(stream, n_vocab))

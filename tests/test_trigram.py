@@ -34,8 +34,8 @@ class NaiveAdaptive:
 
     def successors(self, a, b, top_k):
         row = self.rows.get((a, b)) or self.rows.get((None, b)) or []
+        total = sum(w for _, w in row)  # a probability is over the whole row, whatever top_k keeps
         row = sorted(row, key=lambda s: -s[1])[:top_k]
-        total = sum(w for _, w in row)
         return [t for t, _ in row], [w / total for _, w in row]
 
 
@@ -134,6 +134,21 @@ def test_successors_fall_back_to_bigram_and_merge_static():
     toks, probs, seen = m.successors(1, 2, seen=True)
     assert seen.tolist() == [True, False]     # 3 was seen after (1, 2) in this context, 9 only in the corpus
     assert probs.sum() == pytest.approx(1.0)
+
+
+def test_probability_is_over_every_successor_whatever_top_k_asks():
+    """P(successor | pair) does not depend on how many successors are asked for: the probe's
+    one-node tree (top1) and the MCTS rollouts (top_k = 1) get the chance the tree's expansion
+    gives the same node, so a bin of the reach calibration means one thing for all of them."""
+    m = TrigramMatrix(10, top_k=4)
+    m.update([1, 2, 3, 1, 2, 4, 1, 2, 3, 1, 2, 5])
+    toks, probs = m.successors(1, 2)
+    assert toks.tolist() == [3, 4, 5] and np.allclose(probs, [0.5, 0.25, 0.25])
+    for k in (1, 2):
+        toks, probs = m.successors(1, 2, top_k=k)
+        assert toks.tolist() == [3, 4][:k] and np.allclose(probs, [0.5, 0.25][:k])
+    assert m.top1(1, 2) == (3, pytest.approx(0.5), True)
+    assert m.top1(7, 2)[1] == pytest.approx(0.5)      # bigram fallback of 2: 3 twice in four
 
 
 def naive_static(streams, v, top_k, min_count):
