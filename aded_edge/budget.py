@@ -37,6 +37,10 @@ TRUST_DECAY = 0.95       # per verified tree: weight left to older trees in the 
 TRUST_FORGET = 0.98      # per plain step: drafting is forgotten slowly, so trust recovers to test again
 TRUST_PRIOR = 2.0        # pseudo-tokens behind the initial trust of 1
 TRUST_RANGE = (0.25, 1.25)
+SIMS_PER_NODE = 4        # MCTS simulations per node of the trees the budget has been verifying
+MIN_SIMS = 32            # ... but never fewer than this (replay: 30 sims pick the same 4- to 16-node
+                         # trees as 150; a 64-node tree needs the config's 150)
+SIZE_EMA = 0.1           # weight of one search in the running size of the trees it ends in
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -250,6 +254,9 @@ class ReachCalibrator:
         # over all trees are accepted less often once they are the ones chosen.
         self._predicted = 0.0
         self._accepted = 0.0
+        # nodes of the trees the searches ended in (0 when the budget cut a search to nothing);
+        # None until the first search, which gets the config's full simulation count
+        self.searched_size = None
 
     @property
     def trust(self) -> float:
@@ -266,6 +273,19 @@ class ReachCalibrator:
         else:
             self._predicted *= TRUST_FORGET
             self._accepted *= TRUST_FORGET
+
+    def search_sims(self, cfg: DraftConfig) -> int:
+        """MCTS simulations for the next search: SIMS_PER_NODE per node of the trees the budget
+        has been verifying, at least MIN_SIMS, at most the config's. Small trees (a CPU, where each
+        batch token costs) need few; a flat cost curve keeps the full search for its full trees."""
+        if self.searched_size is None:
+            return cfg.n_simulations
+        return int(min(cfg.n_simulations, max(MIN_SIMS, np.ceil(SIMS_PER_NODE * self.searched_size))))
+
+    def searched(self, size: int) -> None:
+        """A search ended in a tree of `size` verified nodes (0: none)."""
+        last = self.searched_size
+        self.searched_size = float(size) if last is None else last + SIZE_EMA * (size - last)
 
     def track(self, tree: DraftTree, start: int) -> None:
         """Remember a tree drafted to continue history[:start], to be labelled as the text goes on."""
@@ -345,11 +365,14 @@ def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, c
             if not first.any() or (calibrator.predict(probe)[first].max() * trust
                                    <= pay_threshold(cost, max_nodes, cfg.min_gain)):
                 return probe, probe.head(0), 0.0
-        full = build_draft(matrix, history[-2:], cfg, max_nodes=max_nodes, max_depth=max_depth)
+        sims = calibrator.search_sims(cfg) if auto else cfg.n_simulations
+        full = build_draft(matrix, history[-2:], cfg, max_nodes=max_nodes, max_depth=max_depth, n_simulations=sims)
         full = with_copy_chain(full, chain, order)
     tree, q = order_by(full, calibrator.predict(full))
     q = q[:max_nodes]  # a copy chain may have made the tree larger than the batch allows
     k = len(q) if not auto else best_size(np.minimum(q * trust, 1.0), cost, cfg.min_accept_prob, cfg.min_gain)
+    if auto and drafter is None:
+        calibrator.searched(k)
     return full, chain_first(tree.head(k), q[:k]), float(q[:k].sum())
 
 

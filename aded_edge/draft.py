@@ -173,12 +173,13 @@ def _mcts(ctx_a, pending, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, 
 
 
 def build_draft(matrix: TrigramMatrix, context, config: DraftConfig, max_nodes: int | None = None,
-                max_depth: int | None = None) -> DraftTree:
-    """Draft tree continuing `context` (its last token is the pending one). max_nodes/max_depth
-    tighten the config's caps (e.g. near the end of the context window)."""
+                max_depth: int | None = None, n_simulations: int | None = None) -> DraftTree:
+    """Draft tree continuing `context` (its last token is the pending one). max_nodes/max_depth/
+    n_simulations tighten the config's caps (e.g. near the end of the context window)."""
     if len(context) == 0:
         raise ValueError("build_draft needs at least one context token")
     nodes = config.max_nodes if max_nodes is None else min(int(max_nodes), config.max_nodes)
+    sims = config.n_simulations if n_simulations is None else max(min(int(n_simulations), config.n_simulations), 1)
     depth = config.max_depth if max_depth is None else min(int(max_depth), config.max_depth)
     pending = int(context[-1])
     ctx_a = int(context[-2]) if len(context) >= 2 else -1
@@ -187,7 +188,7 @@ def build_draft(matrix: TrigramMatrix, context, config: DraftConfig, max_nodes: 
     if nodes <= 0 or depth <= 0:
         return DraftTree.empty()
     t, p, d, r, v, seen = _mcts(np.int64(ctx_a), np.int64(pending), matrix.n_vocab, *matrix.kernel_arrays(),
-                          min(config.top_k, matrix.top_k), config.n_simulations, depth, nodes,
+                          min(config.top_k, matrix.top_k), sims, depth, nodes,
                           np.float32(config.c1), np.float32(config.c2))
     return DraftTree(t, p, d, r, v, seen.astype(np.uint8))
 

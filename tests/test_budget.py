@@ -340,3 +340,42 @@ def test_a_shape_switch_is_learnt_apart_and_charged_to_a_tree_after_plain_steps(
     assert cm.tree_extra == pytest.approx(0.0025, rel=0.01) and best_size(q, cm) == 0
     cm.observe(2, 0.015, 0.0)
     assert cm.tree_extra == 0.0 and best_size(q, cm) == 1
+
+
+def test_search_effort_follows_the_trees_the_budget_verifies():
+    """The MCTS runs SIMS_PER_NODE simulations per node of the trees its searches have been ending
+    in (at least MIN_SIMS, at most the config's): few where the budget verifies small trees (a CPU),
+    the config's full search where it verifies large ones (a flat curve)."""
+    from aded_edge.budget import MIN_SIMS, SIMS_PER_NODE, SIZE_EMA, draft_step
+
+    def sims_run(tree):   # every simulation after the first passes through one child of the root
+        return int(tree.visits[tree.depth == 1].sum()) + 1
+
+    cfg = DraftConfig(max_nodes=64, n_simulations=150)
+    cal = ReachCalibrator()
+    assert cal.search_sims(cfg) == 150                       # no search yet: the full one
+    for _ in range(60):
+        cal.searched(2)
+    assert cal.search_sims(cfg) == max(MIN_SIMS, int(np.ceil(SIMS_PER_NODE * cal.searched_size)))
+    assert cal.search_sims(cfg) < 40
+    for _ in range(60):
+        cal.searched(64)
+    assert cal.search_sims(cfg) == 150
+
+    m = TrigramMatrix(100, top_k=8)
+    m.update(np.random.default_rng(0).integers(0, 12, 3000).tolist())
+    assert sims_run(build_draft(m, [5, 6], cfg, n_simulations=40)) == 40
+    assert sims_run(build_draft(m, [5, 6], cfg.replace(n_simulations=20), n_simulations=40)) == 20
+    small = ReachCalibrator()
+    for _ in range(60):
+        small.searched(1)
+        small.observe(build_draft(m, [5, 6], cfg), [7, 8, 9, 5])   # (the calibration itself is not the point)
+    full, _, _ = draft_step(m, [5, 6], cfg, small, FLAT, 64, 4)
+    assert sims_run(full) == small.search_sims(cfg) == MIN_SIMS
+    full, _, _ = draft_step(m, [5, 6], cfg.replace(budget="fixed"), small, FLAT, 64, 4)
+    assert sims_run(full) == 150                             # a fixed budget always runs the config's
+    big = ReachCalibrator()
+    big.searched(64)
+    full, tree, _ = draft_step(m, [5, 6], cfg, big, FLAT, 64, 4)
+    assert sims_run(full) == 150                             # 4 x 64 nodes: the cap
+    assert big.searched_size == pytest.approx(64 + SIZE_EMA * (len(tree) - 64))  # and it learns the size chosen
