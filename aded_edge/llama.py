@@ -33,6 +33,7 @@ from .trigram import MatrixFileError, TrigramMatrix
 # batch sizes whose decode cost is measured at load (cut at the largest tree + 1)
 COST_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 96, 128, 192, 256)
 COST_REPEATS = 3          # median of this many timings per size
+COST_RUN = 6              # one-token decodes timed after a tree per round: a run of plain steps
 COST_PREFIX = 64          # KV entries present while measuring (the curve is rescaled online)
 COST_MAX_SPREAD = 0.25    # a calibration whose repeats differ more than this (median relative spread)
                           # was disturbed by other load: it is used for this session but not cached
@@ -240,7 +241,7 @@ class AdedLlama(llama_cpp.Llama):
                     system=llama_cpp.llama_print_system_info().decode(errors="replace"),
                     threads=p.n_threads, threads_batch=p.n_threads_batch, n_ctx=p.n_ctx, n_ubatch=p.n_ubatch,
                     flash_attn=int(p.flash_attn_type), gpu_layers=self.model_params.n_gpu_layers,
-                    max_size=self._max_nodes + 1, verify_batch=self._pad, version=3)
+                    max_size=self._max_nodes + 1, verify_batch=self._pad, version=4)
 
     def _cost_curve(self) -> CostModel:
         """The measured cost curve, from the on-disk cache when this exact setup was measured."""
@@ -267,8 +268,9 @@ class AdedLlama(llama_cpp.Llama):
         """(sizes, seconds of one llama_decode of n tokens with logits for each size, median
         relative spread of the repeats: how much other load disturbed the measurement, switch:
         how much more a one-token decode costs right after a decode of another size than inside
-        a run of them). Size 1 is timed inside a run, as plain steps follow each other; the other
-        sizes each after a decode of another size, as trees change size from step to step."""
+        a run of them). Size 1 is timed inside a run (the median of the one-token decodes after
+        the first), as plain steps follow each other and as the online correction sees them; the
+        other sizes each after a decode of another size, as trees change size from step to step."""
         top = self._max_nodes + 1
         sizes = [1] + [n for n in (sizes or COST_SIZES) if 1 < n <= top]   # the curve starts at one token
         prefix = min(COST_PREFIX, self._n_ctx - top - 1)
@@ -295,10 +297,11 @@ class AdedLlama(llama_cpp.Llama):
         times, switches = [], []
         for _ in range(repeats):
             trees = [timed(n) for n in sizes[1:]]
-            timed(sizes[min(3, len(sizes) - 1)])           # a small tree, then plain steps:
-            after, _, steady = timed(1), timed(1), timed(1)  # on CUDA the second is the graph capture
-            times.append([steady] + trees)
-            switches.append(after - steady)
+            timed(sizes[min(3, len(sizes) - 1)])           # a small tree, then a run of plain steps:
+            run = [timed(1) for _ in range(COST_RUN)]     # the first pays the graph switch; the rest
+            steady = float(np.median(run[1:]))            # settle over several decodes (SmolLM2 on the
+            times.append([steady] + trees)                # Xeon: 8.5, 8.3, 8.2, 7.7 ms...; on CUDA the
+            switches.append(run[0] - steady)              # second is the graph capture)
         times = np.array(times)
         out = np.median(times, axis=0)
         spread = float(np.median((times.max(axis=0) - times.min(axis=0)) / out))
