@@ -348,7 +348,8 @@ def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, c
     predicts, for ReachCalibrator.settle). `lookup` (a draft.ContextLookup of history) adds the
     context's copy chain to the MCTS tree. When neither the copy chain's first token nor the
     matrix's best guess for the next token can pay for a batch, no search is run and those two
-    alone are returned as the searched tree, so the calibration still learns from them. `drafter`
+    alone are returned as the searched tree, so the calibration still learns from them. With the
+    auto budget the search's effort follows the trees it has been ending in (search_sims). `drafter`
     (an object with draft(history, max_nodes, max_depth) -> DraftTree) replaces the MCTS search,
     the copy chain and the probe."""
     if max_nodes <= 0 or max_depth <= 0:
