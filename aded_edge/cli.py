@@ -274,7 +274,8 @@ def _draft_options(f):
                      help="Rows of every verification batch, idle rows padded, so a GPU replays one captured "
                           "graph (-1: 8 with layers on a CUDA GPU, else 0 = as many rows as the tree needs)."),
         click.option("--simulations", type=click.IntRange(1, 100000), default=DraftConfig.n_simulations,
-                     show_default=True, help="Monte Carlo tree search simulations per draft."),
+                     show_default=True, help="Monte Carlo tree search simulations per draft (the automatic "
+                     "budget runs 4 per node of the trees it has been verifying, at least 32, at most this)."),
         click.option("--matrix", "matrix_path", type=click.Path(dir_okay=False), default=None,
                      help="Draft from this matrix file (built for this model) instead of the model's own "
                           "corpus and adaptive matrices."),

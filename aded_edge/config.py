@@ -10,7 +10,7 @@ class DraftConfig:
     # --- MCTS (defaults are the ADED reference values) ---
     c1: float = 32.0            # pUCT exploration constant (weight of the prior term)
     c2: float = 8.0             # pUCT visit-count scale inside the log term
-    n_simulations: int = 150    # MCTS simulations per draft
+    n_simulations: int = 150    # MCTS simulations per draft (the auto budget's cap: budget.ReachCalibrator.search_sims)
     max_depth: int = 4          # deepest draft node (tokens after the pending one)
     top_k: int = 12             # successors kept per (t-2, t-1) pair, in the matrix and in the tree
     max_nodes: int = 64         # node budget of one draft tree (batch = nodes + 1)
