@@ -107,23 +107,30 @@ def _bump(succ, w, row, tok, inc, cap):
         w[row, lightest] = inc
 
 
+@njit(cache=True, inline="always")
+def _add_gram(keys, rowof, succ, w, n_rows, a, b, c, n_vocab, inc, cap):
+    """Raise the bigram b -> c and, when a >= 0, the tri-gram (a, b) -> c. False (nothing
+    changed) when the table is full and must grow first."""
+    rb = _find_or_insert_row(keys, rowof, succ, n_rows, np.int64(n_vocab) * np.int64(n_vocab) + np.int64(b))
+    if rb < 0:
+        return False
+    if a >= 0:
+        rt = _find_or_insert_row(keys, rowof, succ, n_rows, np.int64(a) * n_vocab + np.int64(b))
+        if rt < 0:
+            return False
+        _bump(succ, w, rt, c, inc, cap)
+    _bump(succ, w, rb, c, inc, cap)
+    return True
+
+
 @njit(cache=True)
 def _adapt(keys, rowof, succ, w, n_rows, tokens, start, n_vocab, inc, cap):
     """Add the tri-grams and bigrams that end at tokens[start:]. Returns the first index not yet
     processed (len(tokens) when done; smaller when the table is full and must grow)."""
-    bigram_base = np.int64(n_vocab) * np.int64(n_vocab)
     for i in range(max(start, 1), tokens.shape[0]):
-        c = tokens[i]
-        b = np.int64(tokens[i - 1])
-        rb = _find_or_insert_row(keys, rowof, succ, n_rows, bigram_base + b)
-        if rb < 0:
+        a = np.int64(tokens[i - 2]) if i >= 2 else np.int64(-1)
+        if not _add_gram(keys, rowof, succ, w, n_rows, a, tokens[i - 1], tokens[i], n_vocab, inc, cap):
             return i
-        if i >= 2:
-            rt = _find_or_insert_row(keys, rowof, succ, n_rows, np.int64(tokens[i - 2]) * n_vocab + b)
-            if rt < 0:
-                return i
-            _bump(succ, w, rt, c, inc, cap)
-        _bump(succ, w, rb, c, inc, cap)
     return tokens.shape[0]
 
 
@@ -131,17 +138,9 @@ def _adapt(keys, rowof, succ, w, n_rows, tokens, start, n_vocab, inc, cap):
 def _adapt_grams(keys, rowof, succ, w, n_rows, a, b, c, start, n_vocab, inc, cap):
     """Add the tri-grams (a[i], b[i]) -> c[i] (none where a[i] < 0) and bigrams b[i] -> c[i] for
     i >= start. Returns the first index not yet processed, as _adapt does."""
-    bigram_base = np.int64(n_vocab) * np.int64(n_vocab)
     for i in range(start, c.shape[0]):
-        rb = _find_or_insert_row(keys, rowof, succ, n_rows, bigram_base + np.int64(b[i]))
-        if rb < 0:
+        if not _add_gram(keys, rowof, succ, w, n_rows, a[i], b[i], c[i], n_vocab, inc, cap):
             return i
-        if a[i] >= 0:
-            rt = _find_or_insert_row(keys, rowof, succ, n_rows, np.int64(a[i]) * n_vocab + np.int64(b[i]))
-            if rt < 0:
-                return i
-            _bump(succ, w, rt, c[i], inc, cap)
-        _bump(succ, w, rb, c[i], inc, cap)
     return c.shape[0]
 
 
@@ -419,12 +418,7 @@ class TrigramMatrix:
     def update(self, tokens, start: int = 0) -> None:
         """Raise the weights of every tri-gram (and bigram) ending at tokens[start:]."""
         arr = _as_tokens(tokens, self.n_vocab)
-        i = max(int(start), 0)
-        while i < arr.shape[0]:
-            i = _adapt(self.keys, self.rowof, self.succ, self.w, self.n_rows, arr, i,
-                       self.n_vocab, np.float32(self.increment), np.float32(self.cap))
-            if i < arr.shape[0]:
-                self._grow()
+        self._adapt_all(_adapt, arr.shape[0], max(int(start), 0), arr)
 
     def update_grams(self, a, b, c) -> None:
         """Raise the weights of the tri-grams (a[i], b[i]) -> c[i] and bigrams b[i] -> c[i], one by
@@ -436,11 +430,16 @@ class TrigramMatrix:
             raise ValueError("update_grams needs three 1-d arrays of one length")
         if a.size and (a.min() < -1 or a.max() >= self.n_vocab):
             raise ValueError("token ids out of the matrix vocabulary")
-        i = 0
-        while i < c.shape[0]:
-            i = _adapt_grams(self.keys, self.rowof, self.succ, self.w, self.n_rows, a, b, c, i,
-                             self.n_vocab, np.float32(self.increment), np.float32(self.cap))
-            if i < c.shape[0]:
+        self._adapt_all(_adapt_grams, c.shape[0], 0, a, b, c)
+
+    def _adapt_all(self, kernel, n: int, start: int, *data) -> None:
+        """Run an adaptation kernel over items start..n-1 of `data`, growing the table whenever
+        the kernel stops because it is full (the arrays are re-read after each growth)."""
+        i = start
+        while i < n:
+            i = kernel(self.keys, self.rowof, self.succ, self.w, self.n_rows, *data, i,
+                       self.n_vocab, np.float32(self.increment), np.float32(self.cap))
+            if i < n:
                 self._grow()
 
     def successors(self, a: int, b: int, top_k: int | None = None, seen: bool = False):
