@@ -293,15 +293,18 @@ class AdedLlama(llama_cpp.Llama):
 
         timed(sizes[0])  # warm-up
         # rounds over all sizes, not repeats of one size in a row: a load that comes and goes
-        # during the calibration then shows as spread instead of bending the curve's shape
+        # during the calibration then shows as spread instead of bending the curve's shape. Each
+        # round ends with a small tree and a run of plain steps: the run's first decode pays the
+        # graph switch, the rest settle over several decodes (SmolLM2 on the Xeon: 8.5, 8.3, 8.2,
+        # 7.7 ms...; on CUDA the second is the graph capture), so c(1) is their median.
         times, switches = [], []
         for _ in range(repeats):
             trees = [timed(n) for n in sizes[1:]]
-            timed(sizes[min(3, len(sizes) - 1)])           # a small tree, then a run of plain steps:
-            run = [timed(1) for _ in range(COST_RUN)]     # the first pays the graph switch; the rest
-            steady = float(np.median(run[1:]))            # settle over several decodes (SmolLM2 on the
-            times.append([steady] + trees)                # Xeon: 8.5, 8.3, 8.2, 7.7 ms...; on CUDA the
-            switches.append(run[0] - steady)              # second is the graph capture)
+            timed(sizes[min(3, len(sizes) - 1)])
+            run = [timed(1) for _ in range(COST_RUN)]
+            steady = float(np.median(run[1:]))
+            times.append([steady] + trees)
+            switches.append(run[0] - steady)
         times = np.array(times)
         out = np.median(times, axis=0)
         spread = float(np.median((times.max(axis=0) - times.min(axis=0)) / out))
