@@ -4,7 +4,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from aded_edge.trigram import MatrixFileError, TrigramMatrix, count_static
+from aded_edge.trigram import BACKOFF, MatrixFileError, TrigramMatrix, count_static
 
 
 class NaiveAdaptive:
@@ -33,7 +33,15 @@ class NaiveAdaptive:
             self.bump((None, t[i - 1]), t[i])
 
     def successors(self, a, b, top_k):
-        row = self.rows.get((a, b)) or self.rows.get((None, b)) or []
+        row = [list(s) for s in self.rows.get((a, b)) or []]
+        bigram = self.rows.get((None, b)) or []
+        if not row:
+            row = [list(s) for s in bigram]
+        elif len(row) < self.k:  # a sparse tri-gram row is filled from its bigram, heaviest first
+            weight, bi_total = sum(w for _, w in row), sum(w for _, w in bigram)
+            have = {t for t, _ in row}
+            others = sorted((s for s in bigram if s[0] not in have), key=lambda s: -s[1])
+            row += [[t, BACKOFF * weight * w / bi_total] for t, w in others[:self.k - len(row)]]
         total = sum(w for _, w in row)  # a probability is over the whole row, whatever top_k keeps
         row = sorted(row, key=lambda s: -s[1])[:top_k]
         return [t for t, _ in row], [w / total for _, w in row]
@@ -119,21 +127,31 @@ def test_update_rejects_out_of_range_tokens():
 
 
 def test_successors_fall_back_to_bigram_and_merge_static():
+    from aded_edge.trigram import CONTEXT_WEIGHT
     m = TrigramMatrix(10, top_k=4)
     m.update([1, 2, 3, 1, 2, 3, 5, 2, 4])
     toks, probs = m.successors(7, 2)          # (7, 2) never seen: bigram of 2 -> {3: 2x, 4: 1x}
     assert toks.tolist() == [3, 4] and np.allclose(probs, [2 / 3, 1 / 3])
-    toks, probs = m.successors(1, 2)          # tri-gram (1, 2) -> 3 only
-    assert toks.tolist() == [3] and np.allclose(probs, [1.0])
+    # tri-gram (1, 2) -> 3 only (weight 1.0): sparser than the row width 4, so the bigram's other
+    # successor 4 fills it at BACKOFF x the row's weight x its share of the bigram (0.5 / 1.5)
+    toks, probs = m.successors(1, 2)
+    fill = BACKOFF * 1.0 * (0.5 / 1.5)
+    assert toks.tolist() == [3, 4] and np.allclose(probs, np.array([1.0, fill]) / (1.0 + fill))
     keys, ptr, succ, prob = count_static([[1, 2, 9, 1, 2, 9, 1, 2, 3]], 10, top_k=4)
     m.set_static(keys, ptr, succ, prob)
-    toks, probs = m.successors(1, 2)          # adaptive 3: 1.0 x CONTEXT_WEIGHT (+1/3 static); static 9: 2/3
-    from aded_edge.trigram import CONTEXT_WEIGHT
-    assert toks.tolist() == [3, 9]
-    assert np.allclose(probs, np.array([CONTEXT_WEIGHT + 1 / 3, 2 / 3]) / (CONTEXT_WEIGHT + 1))
+    # adaptive 3: 1.0 x CONTEXT_WEIGHT (+1/3 static); static 9: 2/3; then the fill from the merged
+    # bigram of 2 (3: 4 + 1/3, 4: 0.5 x 4, 9: 2/3): 4 alone is new
     toks, probs, seen = m.successors(1, 2, seen=True)
-    assert seen.tolist() == [True, False]     # 3 was seen after (1, 2) in this context, 9 only in the corpus
+    row = np.array([CONTEXT_WEIGHT + 1 / 3, 2 / 3])
+    bigram = np.array([CONTEXT_WEIGHT + 1 / 3, 0.5 * CONTEXT_WEIGHT, 2 / 3])
+    fill = BACKOFF * row.sum() * bigram[1] / bigram.sum()
+    assert toks.tolist() == [3, 9, 4]
+    assert np.allclose(probs, np.append(row, fill) / (row.sum() + fill))
+    assert seen.tolist() == [True, False, False]  # 3 seen after (1, 2) in this context; 9 only in the corpus
     assert probs.sum() == pytest.approx(1.0)
+    full = TrigramMatrix(10, top_k=1)          # a row as wide as the adaptive rows gets no fill
+    full.update([1, 2, 3, 5, 2, 4])
+    assert full.successors(1, 2)[0].tolist() == [3] and full.top1(1, 2)[1] == pytest.approx(1.0)
 
 
 def test_probability_is_over_every_successor_whatever_top_k_asks():
@@ -272,7 +290,8 @@ def test_save_parts_separately_and_keep_the_heaviest_rows(tmp_path, monkeypatch)
     m.save(tmp_path / "small.npz", part="adaptive")
     small = TrigramMatrix.load(tmp_path / "small.npz")
     assert small.adaptive_rows == 10
-    assert small.successors(1, 2)[0].tolist() == [3]
+    toks, _, seen = small.successors(1, 2, seen=True)
+    assert toks[seen].tolist() == [3]      # the tri-gram row kept (the rest: its bigram's fill)
     with pytest.raises(ValueError):
         m.save(tmp_path / "x.npz", part="nope")
 
