@@ -7,6 +7,7 @@ time after the first token), so the prompt evaluation that all systems share doe
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import math
@@ -287,27 +288,39 @@ class Skipped(Exception):
     """A system that cannot run on this setup (the reason is reported, the bench goes on)."""
 
 
-def make_system(name: str, path: str, common: dict, vocab: tuple[str, int] | None = None):
+def _non_default(draft) -> str:
+    """The DraftConfig fields that differ from the defaults, as name=value (empty: none)."""
+    from .config import DraftConfig
+    if draft is None:
+        return ""
+    default = DraftConfig()
+    return ", ".join(f"{f.name}={getattr(draft, f.name)}" for f in dataclasses.fields(draft)
+                     if getattr(draft, f.name) != getattr(default, f.name))
+
+
+def make_system(name: str, path: str, common: dict, vocab: tuple[str, int] | None = None, draft=None):
     """A decoder for a system name; all share the llama.cpp build and settings in `common`.
     aded variants never read or write the user's persisted adaptive matrix (reproducible runs).
     `vocab`: the model's (vocabulary fingerprint, size), from its loaded plain decoder (needed by
-    "reference")."""
+    "reference"). `draft`: the DraftConfig of the aded systems and of "reference" (default: its
+    defaults); the fixed systems verify its whole max_nodes tree."""
     from .config import DraftConfig
     from .llama import AdedLlama, prompt_lookup_llama
+    draft = draft or DraftConfig()
     if name == "plain":
         return AdedLlama(path, speculative=False, **common)
     if name == "aded":            # defaults: corpus matrix of the model (when built) + context
-        return AdedLlama(path, persist=False, **common)
+        return AdedLlama(path, persist=False, draft=draft, **common)
     if name == "aded-nocorpus":   # the context matrix alone
-        return AdedLlama(path, persist=False, corpus=False, **common)
+        return AdedLlama(path, persist=False, corpus=False, draft=draft, **common)
     if name == "aded-fixed":      # no budget: always the whole MCTS tree
-        return AdedLlama(path, persist=False, draft=DraftConfig(budget="fixed"), **common)
+        return AdedLlama(path, persist=False, draft=draft.replace(budget="fixed"), **common)
     if name == "aded-fixed-norejected":  # the same, not learning the model's choices after rejected nodes
-        return AdedLlama(path, persist=False, draft=DraftConfig(budget="fixed", adapt_rejected=False), **common)
+        return AdedLlama(path, persist=False, draft=draft.replace(budget="fixed", adapt_rejected=False), **common)
     if name == "prompt-lookup":   # llama-cpp-python's own, its recommended CPU setting (2 tokens)
         return prompt_lookup_llama(path, num_pred_tokens=2 if common.get("n_gpu_layers", 0) == 0 else 10, **common)
     if name == "reference":       # the ADED authors' drafter on the same corpus, same verifier and budget
-        return AdedLlama(path, persist=False, corpus=False, drafter=_reference_drafter(vocab), **common)
+        return AdedLlama(path, persist=False, corpus=False, drafter=_reference_drafter(vocab), draft=draft, **common)
     if name in ("llama-completion", "llama-lookup"):  # llama.cpp's own programs: plain, prompt lookup
         return PeerTool(name, path, common)
     if name == "llama-speculative":  # llama.cpp's draft-model speculation (Qwen 0.5B drafting for 1.5B)
@@ -348,7 +361,10 @@ def corpus_info(fingerprint: str) -> dict:
 
 def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int = 128, systems=("plain", "aded", "prompt-lookup"),
               seed: int = 0, threads: int | None = None, n_ctx: int = 4096, out_dir=None, progress=None,
-              n_gpu_layers: int = 0) -> dict:
+              n_gpu_layers: int = 0, draft=None) -> dict:
+    """Every system on every prompt, interleaved; `draft`: the aded systems' DraftConfig (see
+    make_system). Writes rows.jsonl (header first), recorded.jsonl and summary.md to out_dir."""
+    from .config import DraftConfig
     from .gguf import read_gguf
     from .llama import system_info
     if "plain" not in systems:
@@ -363,7 +379,7 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
     decoders, skipped = {"plain": base}, {}
     for s in [s for s in systems if s != "plain"]:
         try:
-            decoders[s] = make_system(s, path, common, vocab)
+            decoders[s] = make_system(s, path, common, vocab, draft)
         except Skipped as e:
             skipped[s] = str(e)
     systems = tuple(s for s in systems if s in decoders)
@@ -407,6 +423,7 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
     header = dict(model=os.path.basename(path), architecture=gguf.architecture, quantization=gguf.quantization,
                   threads=common["n_threads"], n_gpu_layers=n_gpu_layers, max_tokens=max_tokens, per_workload=per_workload, seed=seed,
                   systems=list(systems), skipped=skipped, machine=machine_info(system_info()), cost_curve=cost,
+                  draft=dataclasses.asdict(draft or DraftConfig()),
                   **corpus_info(vocab[0]),
                   prompts=[dict(workload=p["workload"], id=p["id"]) for p in prompts])
     with open(out_dir / "rows.jsonl", "w") as f:
@@ -425,6 +442,7 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
                  if n_gpu_layers else "")
               + f"llama.cpp: {m['llama_cpp_system'][:200]}\n"
               f"aded corpus matrix: {header['corpus']}\n"
+              + (f"aded draft settings (not the defaults): {_non_default(draft)}\n" if _non_default(draft) else "")
               + "".join(f"skipped {s}: {why}\n" for s, why in skipped.items())
               + f"speedup = decode tokens/s over plain llama.cpp on the same prompt in the same run\n\n{table}\n")
     if cost:

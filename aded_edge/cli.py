@@ -658,7 +658,14 @@ def matrix_reset(model, everything):
 @click.option("-o", "--out", "out_dir", default=None, help="Output folder (default bench-out/<time>).")
 @click.option("-ngl", "--n-gpu-layers", "--gpu-layers", "n_gpu_layers", type=click.IntRange(-1), metavar="N", default=0,
               show_default=True, help="Model layers on the GPU for every system (-1 = all; a GPU build of llama.cpp).")
-def bench(model, workloads, per_workload, max_tokens, systems, seed, threads, n_ctx, out_dir, n_gpu_layers):
+@click.option("--max-nodes", type=click.IntRange(0, 255), default=DraftConfig.max_nodes, show_default=True,
+              help="aded systems: most draft tokens verified in one step (the fixed systems: every step).")
+@click.option("--max-depth", type=click.IntRange(1, 32), default=DraftConfig.max_depth, show_default=True,
+              help="aded systems: longest drafted continuation, in tokens.")
+@click.option("--simulations", type=click.IntRange(1, 100000), default=DraftConfig.n_simulations, show_default=True,
+              help="aded systems: MCTS simulations per draft (the automatic budget's cap).")
+def bench(model, workloads, per_workload, max_tokens, systems, seed, threads, n_ctx, out_dir, n_gpu_layers,
+          max_nodes, max_depth, simulations):
     """Speed against plain llama.cpp, same run, same machine; writes JSONL rows, a markdown
     summary and plots."""
     from .bench import SYSTEMS, WORKLOADS, load_prompts, run_bench
@@ -673,7 +680,8 @@ def bench(model, workloads, per_workload, max_tokens, systems, seed, threads, n_
     total = len(wl) * per_workload * len(set(sy) | {"plain"})  # an upper bound: systems may be skipped
     with _bar(total, "bench") as update:
         result = run_bench(model, wl, per_workload, max_tokens, tuple(dict.fromkeys(sy)), seed, threads, n_ctx,
-                           out_dir, progress=update, n_gpu_layers=n_gpu_layers)
+                           out_dir, progress=update, n_gpu_layers=n_gpu_layers,
+                           draft=DraftConfig(max_nodes=max_nodes, max_depth=max_depth, n_simulations=simulations))
     click.echo(result["report"])
 
 

@@ -49,6 +49,8 @@ def test_tiny_bench_run_writes_consistent_report(model_path, tmp_path):
     header = json.loads(lines[0])["header"]
     rows = [json.loads(l) for l in lines[1:]]
     assert header["machine"]["cores"] >= 1 and header["quantization"] == "Q4_1"
+    assert header["draft"]["max_nodes"] == 64 and header["draft"]["budget"] == "auto"
+    assert "draft settings" not in result["report"]            # only named when not the defaults
     assert {r["system"] for r in rows} == {"plain", "aded"}
     plain = next(r for r in rows if r["system"] == "plain")
     aded = next(r for r in rows if r["system"] == "aded")
@@ -89,3 +91,20 @@ def test_replay_with_a_cost_curve_lets_the_budget_decide():
     assert flat["steps"] < flat["tokens"] / 3 and flat["est_speedup"] > 2
     assert linear["drafted"] == 0 and linear["steps"] == linear["tokens"]   # nothing pays: plain steps
     assert linear["est_speedup"] <= 1.0
+
+
+def test_bench_systems_take_the_draft_settings(model_path):
+    from aded_edge.bench import _non_default, make_system
+    from aded_edge.config import DraftConfig
+    common = dict(n_ctx=512, n_threads=2, n_threads_batch=2, verbose=False)
+    draft = DraftConfig(max_nodes=7, max_depth=6, n_simulations=40)
+    fixed = make_system("aded-fixed", model_path, common, draft=draft)
+    auto = make_system("aded", model_path, common, draft=draft)
+    try:
+        assert fixed.draft_config == draft.replace(budget="fixed")
+        assert auto.draft_config == draft
+    finally:
+        fixed.close()
+        auto.close()
+    assert _non_default(draft) == "n_simulations=40, max_depth=6, max_nodes=7"
+    assert _non_default(DraftConfig()) == _non_default(None) == ""

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from aded_edge import __version__
+from aded_edge.config import DraftConfig
 from aded_edge.cli import CHAT_HELP, chat_loop, main
 from aded_edge.gguf import GGUFError, read_gguf
 
@@ -168,8 +169,14 @@ def test_bench_gpu_layers_reach_every_system(monkeypatch):
     monkeypatch.setattr(bench_module, "run_bench", fake_run_bench)
     assert main(["bench", "-w", "code", "--prompts", "1", "--systems", "plain", "-ngl", "-1"]) == 0
     assert seen["n_gpu_layers"] == -1
+    assert seen["draft"] == DraftConfig()                       # the aded systems' defaults
     seen.clear()
     assert main(["bench", "-ngl", "-2"]) != 0 and not seen     # refused before anything runs
+    assert main(["bench", "--systems", "plain,aded-fixed", "--max-nodes", "200", "--max-depth", "8",
+                 "--simulations", "600"]) == 0
+    assert (seen["draft"].max_nodes, seen["draft"].max_depth, seen["draft"].n_simulations) == (200, 8, 600)
+    seen.clear()
+    assert main(["bench", "--max-nodes", "256"]) != 0 and not seen
 
 
 def test_console_script_invalid_temp():
