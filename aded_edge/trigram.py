@@ -26,7 +26,7 @@ MAX_SAVED_ROWS = 1 << 18   # adaptive rows kept on disk (the heaviest); bounds t
 CONTEXT_WEIGHT = 4.0       # an adapted weight counts this many times a corpus probability when merged
 EMPTY = -1
 MAX_STATIC_ROW = 255       # successors a static row may keep (count_static's top_k limit)
-BACKOFF = 0.4        # weight of a sparse tri-gram row's bigram fill, relative to the row (see _successors)
+BACKOFF = 0.4              # weight of a sparse tri-gram row's bigram fill, relative to the row (see _successors)
 
 
 class MatrixFileError(ValueError):
