@@ -236,24 +236,20 @@ def _successors(a, b, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_pr
             bi_total += bi_w[i]
         if bi_total <= 0:
             nb = 0
-        used = np.zeros(nb, np.uint8)
-        for i in range(nb):  # the successors the tri-gram row holds already
-            for j in range(n):
-                if buf_tok[j] == bi_tok[i]:
-                    used[i] = 1
-                    break
-        while n < succ.shape[1]:  # the heaviest of the others first (the earliest on ties)
-            best = -1
-            for i in range(nb):
-                if used[i] == 0 and (best < 0 or bi_w[i] > bi_w[best]):
-                    best = i
-            if best < 0:
+        n_tri = n
+        for i in np.argsort(-bi_w[:nb], kind="mergesort"):  # heaviest first, the earliest on ties
+            if n == succ.shape[1]:
                 break
-            used[best] = 1
-            buf_tok[n] = bi_tok[best]
-            buf_w[n] = BACKOFF * row_w * bi_w[best] / bi_total
-            buf_seen[n] = 0
-            n += 1
+            held = False  # already in the tri-gram row
+            for j in range(n_tri):
+                if buf_tok[j] == bi_tok[i]:
+                    held = True
+                    break
+            if not held:
+                buf_tok[n] = bi_tok[i]
+                buf_w[n] = BACKOFF * row_w * bi_w[i] / bi_total
+                buf_seen[n] = 0
+                n += 1
     # selection sort of the best top_k (n is small); probabilities over all n successors
     m = min(n, top_k)
     total = 0.0
