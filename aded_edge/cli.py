@@ -256,37 +256,46 @@ def _abandon(llm, stream, history: list, n: int) -> None:
 
 
 # ---------------------------------------------------------------------------------- commands
-def _draft_options(f):
-    options = [
-        click.option("--budget", type=click.Choice(["auto", "fixed"]), default="auto", show_default=True,
-                     help="auto: verify only as much of the draft tree as pays on this machine; "
-                          "fixed: always --max-nodes."),
-        click.option("--max-nodes", type=click.IntRange(0, 255), default=DraftConfig.max_nodes, show_default=True,
-                     help="Most draft tokens verified in one step (0 = no drafts)."),
-        click.option("--max-depth", type=click.IntRange(1, 32), default=DraftConfig.max_depth, show_default=True,
-                     help="Longest drafted continuation, in tokens."),
-        click.option("--copy-depth", type=click.IntRange(0, 64), default=DraftConfig.copy_depth, show_default=True,
-                     help="Longest copy of earlier text (prompt or output) added to each draft tree (0 = none)."),
-        click.option("--copy-ngram", type=click.IntRange(1, 3), default=DraftConfig.copy_ngram, show_default=True,
-                     help="Shortest match (tokens) that resumes a copy after an edit: 3 never resumes, "
-                          "1 also takes a one-token match."),
-        click.option("--verify-batch", type=click.IntRange(-1, 256), default=DraftConfig.verify_batch, show_default=True,
-                     help="Rows of every verification batch, idle rows padded, so a GPU replays one captured "
-                          "graph (-1: 8 with layers on a CUDA GPU, else 0 = as many rows as the tree needs)."),
-        click.option("--simulations", type=click.IntRange(1, 100000), default=DraftConfig.n_simulations,
-                     show_default=True, help="Monte Carlo tree search simulations per draft (the automatic "
-                     "budget runs 4 per node of the trees it has been verifying, at least 32, at most this)."),
-        click.option("--matrix", "matrix_path", type=click.Path(dir_okay=False), default=None,
-                     help="Draft from this matrix file (built for this model) instead of the model's own "
-                          "corpus and adaptive matrices."),
-        click.option("--no-corpus", is_flag=True,
-                     help="Ignore the model's corpus matrix (aded-edge matrix build): draft from the context only."),
-        click.option("--no-warm-start", is_flag=True,
-                     help="Neither load nor save what the drafter learned in earlier runs of this model."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+# the drafting options: (names, click.option keywords); `run` takes all, `bench` some (_draft_options)
+DRAFT_OPTIONS = (
+    (("--budget",), dict(type=click.Choice(["auto", "fixed"]), default="auto", show_default=True,
+                         help="auto: verify only as much of the draft tree as pays on this machine; "
+                              "fixed: always --max-nodes.")),
+    (("--max-nodes",), dict(type=click.IntRange(0, 255), default=DraftConfig.max_nodes, show_default=True,
+                            help="Most draft tokens verified in one step (0 = no drafts).")),
+    (("--max-depth",), dict(type=click.IntRange(1, 32), default=DraftConfig.max_depth, show_default=True,
+                            help="Longest drafted continuation, in tokens.")),
+    (("--copy-depth",), dict(type=click.IntRange(0, 64), default=DraftConfig.copy_depth, show_default=True,
+                             help="Longest copy of earlier text (prompt or output) added to each draft tree "
+                                  "(0 = none).")),
+    (("--copy-ngram",), dict(type=click.IntRange(1, 3), default=DraftConfig.copy_ngram, show_default=True,
+                             help="Shortest match (tokens) that resumes a copy after an edit: 3 never resumes, "
+                                  "1 also takes a one-token match.")),
+    (("--verify-batch",), dict(type=click.IntRange(-1, 256), default=DraftConfig.verify_batch, show_default=True,
+                               help="Rows of every verification batch, idle rows padded, so a GPU replays one "
+                                    "captured graph (-1: 8 with layers on a CUDA GPU, else 0 = as many rows as "
+                                    "the tree needs).")),
+    (("--simulations",), dict(type=click.IntRange(1, 100000), default=DraftConfig.n_simulations, show_default=True,
+                              help="Monte Carlo tree search simulations per draft (the automatic budget runs 4 "
+                                   "per node of the trees it has been verifying, at least 32, at most this).")),
+    (("--matrix", "matrix_path"), dict(type=click.Path(dir_okay=False), default=None,
+                                       help="Draft from this matrix file (built for this model) instead of the "
+                                            "model's own corpus and adaptive matrices.")),
+    (("--no-corpus",), dict(is_flag=True, help="Ignore the model's corpus matrix (aded-edge matrix build): draft "
+                                               "from the context only.")),
+    (("--no-warm-start",), dict(is_flag=True, help="Neither load nor save what the drafter learned in earlier runs "
+                                                   "of this model.")),
+)
+
+
+def _draft_options(f=None, *, only=None):
+    """Decorator adding the drafting options: all of them, or those named in `only`."""
+    def apply(g):
+        for names, kwargs in reversed(DRAFT_OPTIONS):
+            if only is None or names[0] in only:
+                g = click.option(*names, **kwargs)(g)
+        return g
+    return apply if f is None else apply(f)
 
 
 def load_model(model, *, n_ctx: int, threads: int | None, verbose: bool, plain: bool = False,
@@ -658,16 +667,12 @@ def matrix_reset(model, everything):
 @click.option("-o", "--out", "out_dir", default=None, help="Output folder (default bench-out/<time>).")
 @click.option("-ngl", "--n-gpu-layers", "--gpu-layers", "n_gpu_layers", type=click.IntRange(-1), metavar="N", default=0,
               show_default=True, help="Model layers on the GPU for every system (-1 = all; a GPU build of llama.cpp).")
-@click.option("--max-nodes", type=click.IntRange(0, 255), default=DraftConfig.max_nodes, show_default=True,
-              help="aded systems: most draft tokens verified in one step (the fixed systems: every step).")
-@click.option("--max-depth", type=click.IntRange(1, 32), default=DraftConfig.max_depth, show_default=True,
-              help="aded systems: longest drafted continuation, in tokens.")
-@click.option("--simulations", type=click.IntRange(1, 100000), default=DraftConfig.n_simulations, show_default=True,
-              help="aded systems: MCTS simulations per draft (the automatic budget's cap).")
+@_draft_options(only=("--max-nodes", "--max-depth", "--simulations"))
 def bench(model, workloads, per_workload, max_tokens, systems, seed, threads, n_ctx, out_dir, n_gpu_layers,
           max_nodes, max_depth, simulations):
     """Speed against plain llama.cpp, same run, same machine; writes JSONL rows, a markdown
-    summary and plots."""
+    summary and plots. --max-nodes, --max-depth and --simulations set the aded systems' drafting
+    (and the reference drafter's); the fixed systems verify whole --max-nodes trees."""
     from .bench import SYSTEMS, WORKLOADS, load_prompts, run_bench
     wl = [w.strip() for w in workloads.split(",") if w.strip()]
     sy = [s.strip() for s in systems.split(",") if s.strip()]
