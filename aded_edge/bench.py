@@ -367,6 +367,7 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
     from .config import DraftConfig
     from .gguf import read_gguf
     from .llama import system_info
+    draft = draft or DraftConfig()
     if "plain" not in systems:
         systems = ("plain",) + tuple(systems)
     path = str(models.resolve(model))
@@ -423,7 +424,7 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
     header = dict(model=os.path.basename(path), architecture=gguf.architecture, quantization=gguf.quantization,
                   threads=common["n_threads"], n_gpu_layers=n_gpu_layers, max_tokens=max_tokens, per_workload=per_workload, seed=seed,
                   systems=list(systems), skipped=skipped, machine=machine_info(system_info()), cost_curve=cost,
-                  draft=dataclasses.asdict(draft or DraftConfig()),
+                  draft=dataclasses.asdict(draft),
                   **corpus_info(vocab[0]),
                   prompts=[dict(workload=p["workload"], id=p["id"]) for p in prompts])
     with open(out_dir / "rows.jsonl", "w") as f:
@@ -434,7 +435,7 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
         for r in recorded:
             f.write(json.dumps(r) + "\n")
     table = markdown_table(summary)
-    m = header["machine"]
+    m, changed = header["machine"], _non_default(draft)
     report = (f"model {header['model']} ({gguf.architecture}, {gguf.quantization}), {common['n_threads']} threads, greedy, "
               f"{max_tokens} max tokens, {per_workload} prompts per workload (seed {seed})\n"
               f"machine: {m['cpu']}, {m['cores']} cores, {m['platform']}\n"
@@ -442,7 +443,7 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
                  if n_gpu_layers else "")
               + f"llama.cpp: {m['llama_cpp_system'][:200]}\n"
               f"aded corpus matrix: {header['corpus']}\n"
-              + (f"aded draft settings (not the defaults): {_non_default(draft)}\n" if _non_default(draft) else "")
+              + (f"aded draft settings (not the defaults): {changed}\n" if changed else "")
               + "".join(f"skipped {s}: {why}\n" for s, why in skipped.items())
               + f"speedup = decode tokens/s over plain llama.cpp on the same prompt in the same run\n\n{table}\n")
     if cost:
