@@ -127,18 +127,26 @@ def summarise(rows: list[dict]) -> list[dict]:
                         min_speedup=min(r["speedup"] for r in rs),
                         tok_s=float(np.mean([r["decode_tok_s"] for r in rs])),
                         tokens_per_step=float(np.mean([r["tokens_per_step"] for r in rs])),
+                        drafted=_total(r.get("drafted") for r in rs), accepted=_total(r.get("accepted") for r in rs),
                         draft_ms=float(np.mean([r["draft_ms_per_step"] for r in rs])),
                         verify_ms=float(np.mean([r["verify_ms_per_step"] for r in rs])),
                         identical=sum(r["identical"] for r in rs)))
     return out
 
 
+def _total(counts):
+    """Sum of per-prompt counts; None when any prompt's count is unknown."""
+    counts = list(counts)
+    return None if any(c is None for c in counts) else int(sum(counts))
+
+
 def markdown_table(summary: list[dict]) -> str:
-    lines = ["| workload | system | prompts | speedup (geo) | worst prompt | decode tok/s | tokens/step | draft ms/step | verify ms/step | identical to plain |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| workload | system | prompts | speedup (geo) | worst prompt | decode tok/s | tokens/step | accepted/drafted | draft ms/step | verify ms/step | identical to plain |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
+        drafts = "-" if s.get("drafted") is None else f"{s['accepted']}/{s['drafted']}"
         lines.append(f"| {s['workload']} | {s['system']} | {s['prompts']} | {s['speedup']:.2f}x | {s['min_speedup']:.2f}x | "
-                     f"{s['tok_s']:.1f} | {s['tokens_per_step']:.2f} | {s['draft_ms']:.2f} | {s['verify_ms']:.2f} | "
+                     f"{s['tok_s']:.1f} | {s['tokens_per_step']:.2f} | {drafts} | {s['draft_ms']:.2f} | {s['verify_ms']:.2f} | "
                      f"{s['identical']}/{s['prompts']} |")
     return "\n".join(lines)
 
@@ -205,7 +213,8 @@ class PeerTool:
         r = peers.run_peer(self.tool, self.path, prompt_text, max_tokens, self.common["n_threads"],
                            self.common["n_ctx"], draft_model=self.draft_model,
                            n_gpu_layers=self.common.get("n_gpu_layers"))
-        return Timed([], 0.0, r["wall_s"], dict(tokens_per_step=r.get("tokens_per_step", float("nan"))),
+        return Timed([], 0.0, r["wall_s"], dict(tokens_per_step=r.get("tokens_per_step", float("nan")),
+                                               drafted=r.get("n_drafted"), accepted=r.get("n_accept")),
                      text=r.get("text"), tool_tok_s=r["decode_tok_s"])
 
 
@@ -415,6 +424,8 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
                              tokens_per_step=st.get("tokens_per_step", 1.0) if s != "prompt-lookup" else float("nan"),
                              draft_ms_per_step=st.get("draft_ms_per_step", 0.0),
                              verify_ms_per_step=st.get("verify_ms_per_step", 0.0),
+                             drafted=st.get("drafted", 0) if s != "prompt-lookup" else None,
+                             accepted=st.get("accepted", 0) if s != "prompt-lookup" else None,
                              accept_hist=st.get("accept_hist", {}),
                              identical=r.tokens == ref.tokens if r.text is None else same_text(r.text, ref_text)))
     summary = summarise(rows)

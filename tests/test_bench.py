@@ -13,14 +13,17 @@ def test_geomean_and_summary_maths():
     assert geomean([2.0, 2.0, 2.0]) == pytest.approx(2.0)
     assert math.isnan(geomean([]))
     rows = [dict(workload="w", system="s", speedup=x, decode_tok_s=10 * x, tokens_per_step=1.5, draft_ms_per_step=0.1,
-                 verify_ms_per_step=20.0, identical=True) for x in (0.5, 2.0)]
+                 verify_ms_per_step=20.0, identical=True, drafted=d, accepted=a) for x, d, a in ((0.5, 10, 4), (2.0, 6, 3))]
     rows.append(dict(workload="w", system="t", speedup=1.0, decode_tok_s=10, tokens_per_step=1.0, draft_ms_per_step=0,
                      verify_ms_per_step=10.0, identical=False))
     summary = summarise(rows)
     s = next(x for x in summary if x["system"] == "s")
     assert s["speedup"] == pytest.approx(1.0) and s["min_speedup"] == 0.5 and s["identical"] == 2
+    assert (s["accepted"], s["drafted"]) == (7, 16)       # summed over the prompts
     table = markdown_table(summary)
-    assert "| w | s | 2 | 1.00x | 0.50x |" in table and "| w | t | 1 | 1.00x | 1.00x | 10.0 | 1.00 | 0.00 | 10.00 | 0/1 |" in table
+    assert "| w | s | 2 | 1.00x | 0.50x | 12.5 | 1.50 | 7/16 |" in table
+    # a system that does not say what it drafted (llama-cpp-python's prompt lookup) shows "-"
+    assert "| w | t | 1 | 1.00x | 1.00x | 10.0 | 1.00 | - | 0.00 | 10.00 | 0/1 |" in table
 
 
 def test_interleaving_alternates_order():
@@ -56,6 +59,11 @@ def test_tiny_bench_run_writes_consistent_report(model_path, tmp_path):
     aded = next(r for r in rows if r["system"] == "aded")
     assert plain["speedup"] == pytest.approx(1.0)
     assert aded["speedup"] == pytest.approx(aded["decode_tok_s"] / plain["decode_tok_s"])
+    assert (plain["drafted"], plain["accepted"]) == (0, 0)
+    assert 0 <= aded["accepted"] <= aded["drafted"]
+    assert aded["accepted"] == sum(int(k) * n for k, n in aded["accept_hist"].items())
+    assert f"| math | aded | 1 | {aded['speedup']:.2f}x" in result["report"]
+    assert f"| {aded['accepted']}/{aded['drafted']} |" in result["report"]
     assert "| math | aded | 1 |" in result["report"] and (tmp_path / "summary.md").exists()
     rec = [json.loads(l) for l in (tmp_path / "recorded.jsonl").read_text().splitlines()]
     assert len(rec) == 1 and rec[0]["output"] and rec[0]["n_vocab"] == 49152
