@@ -424,8 +424,7 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
                              tokens_per_step=st.get("tokens_per_step", 1.0) if s != "prompt-lookup" else float("nan"),
                              draft_ms_per_step=st.get("draft_ms_per_step", 0.0),
                              verify_ms_per_step=st.get("verify_ms_per_step", 0.0),
-                             drafted=st.get("drafted", 0) if s != "prompt-lookup" else None,
-                             accepted=st.get("accepted", 0) if s != "prompt-lookup" else None,
+                             drafted=st.get("drafted"), accepted=st.get("accepted"),  # None: not reported
                              accept_hist=st.get("accept_hist", {}),
                              identical=r.tokens == ref.tokens if r.text is None else same_text(r.text, ref_text)))
     summary = summarise(rows)
