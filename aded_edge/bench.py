@@ -430,7 +430,7 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
     summary = summarise(rows)
     aded = decoders.get("aded")
     cost = dict(sizes=[float(x) for x in aded.cost.sizes], seconds=[float(x) for x in aded.cost.seconds],
-                switch=aded.cost.switch) if aded else {}
+                switch=aded.cost.switch, verify_batch=aded._pad) if aded else {}
     header = dict(model=os.path.basename(path), architecture=gguf.architecture, quantization=gguf.quantization,
                   threads=common["n_threads"], n_gpu_layers=n_gpu_layers, max_tokens=max_tokens, per_workload=per_workload, seed=seed,
                   systems=list(systems), skipped=skipped, machine=machine_info(system_info()), cost_curve=cost,
@@ -458,8 +458,9 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
               + f"speedup = decode tokens/s over plain llama.cpp on the same prompt in the same run\n\n{table}\n")
     if cost:
         rel = ", ".join(f"k={int(k)}: {c / cost['seconds'][0]:.2f}x" for k, c in zip(cost["sizes"], cost["seconds"]))
-        report += (f"\nbatch cost curve (one token = {1e3 * cost['seconds'][0]:.1f} ms): {rel}; a one-token decode "
-                   f"right after a tree costs {1e3 * cost['switch']:.2f} ms more (graph rebuilt)\n")
+        shape = (f"every step one decode of {cost['verify_batch']} rows (padded)" if cost.get("verify_batch") else
+                 f"a one-token decode right after a tree costs {1e3 * cost['switch']:.2f} ms more (graph rebuilt)")
+        report += f"\nbatch cost curve (one token = {1e3 * cost['seconds'][0]:.1f} ms): {rel}; {shape}\n"
     (out_dir / "summary.md").write_text(report)
     report += "\n" + write_plots(out_dir, summary, rows, cost) + f"\nraw rows: {out_dir}/rows.jsonl\n"
     return dict(report=report, summary=summary, rows=rows, out_dir=str(out_dir))

@@ -27,8 +27,8 @@ class DraftConfig:
     min_gain: float = 0.05      # a tree is verified only if it promises this much more speed than a plain
                                 # step (auto budget): absorbs the optimism of picking the best-looking tree
     # --- verification batch shape ---
-    verify_batch: int = -1      # n >= 2: every step is one llama_decode of exactly n tokens (idle rows padded
-                                # in a spare sequence), trees up to n - 1 nodes, so a GPU replays one captured
+    verify_batch: int = -1      # n >= 3: every step is one llama_decode of exactly n tokens (idle rows padded
+                                # in spare sequences), trees up to n - 2 nodes, so a GPU replays one captured
                                 # graph instead of re-capturing for each new batch size; 0: off (batch = tree);
                                 # -1: automatic, 8 with layers on a CUDA GPU, else off
 
@@ -47,7 +47,7 @@ class DraftConfig:
             (self.budget in ("auto", "fixed"), "budget must be 'auto' or 'fixed'"),
             (0.0 <= self.min_accept_prob < 1.0, "min_accept_prob must be in [0, 1)"),
             (0.0 <= self.min_gain <= 1.0, "min_gain must be in [0, 1]"),
-            (self.verify_batch in (-1, 0) or 2 <= self.verify_batch <= 256, "verify_batch must be -1, 0 or 2..256"),
+            (self.verify_batch in (-1, 0) or 3 <= self.verify_batch <= 256, "verify_batch must be -1, 0 or 3..256"),
         ]
         for ok, message in checks:
             if not ok:

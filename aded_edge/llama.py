@@ -61,10 +61,12 @@ class TreeBatch:
 
     def fill(self, pending: list, tree: DraftTree, n_past: int, pad: bool = False) -> int:
         """Pending tokens from n_past on (only the last needs logits), node j at the last pending
-        position + depth[j]; with pad, idle rows up to self.pad tokens, each with logits (the
-        number of outputs is part of the graph's shape), in the spare sequence, where nothing
-        attends to them (remove that sequence after the decode). Returns the number of sequence
-        ids of the tree."""
+        position + depth[j]; with pad, idle rows up to self.pad tokens in the spare sequence, where
+        nothing attends to them, and every row with logits. llama.cpp reuses its graph only while
+        the batch keeps its shape, and the shape includes the number of outputs and of distinct
+        sequence ids: the idle rows therefore also carry every id no branch uses, so each padded
+        batch holds all n_seq ids (remove those ids after the decode, see drop_padding). Returns
+        the number of sequence ids of the tree."""
         r, n = len(pending), len(tree)
         self.token[:r] = pending
         self.pos[:r] = np.arange(n_past, n_past + r)
@@ -81,10 +83,11 @@ class TreeBatch:
                 raise ValueError("the padding sequence id is taken by a tree leaf")
             rows = slice(r + n, self.pad)
             self.token[rows] = pending[-1]
-            self.pos[rows] = np.arange(self.pad - r - n)   # the spare sequence holds nothing before
-            self.n_seq[rows] = 1
-            self.seq[rows, 0] = self.spare
-            self.logits[rows] = 1
+            self.pos[rows] = np.arange(self.pad - r - n)   # the spare sequences hold nothing before
+            self.n_seq[rows] = self.spare + 1 - n_leaves
+            self.seq[rows, 0] = self.spare               # first: the id whose cells the rows see
+            self.seq[rows, 1:self.spare + 1 - n_leaves] = np.arange(n_leaves, self.spare, dtype=np.int32)
+            self.logits[:self.pad] = 1
             self.batch.n_tokens = self.pad
         return n_leaves
 
@@ -114,8 +117,9 @@ class AdedLlama(llama_cpp.Llama):
         self._pad = 0
         if not self._model_reason:
             self._pad = self._verify_batch(kwargs)
+            # padded: trees leave at least one idle row, which carries the ids no branch uses
             self._max_nodes = min(self.draft_config.max_nodes, self.n_batch - 1, self.context_params.n_ubatch - 1,
-                                  llama_cpp.llama_max_parallel_sequences() - 1, (self._pad or 1 << 30) - 1)
+                                  llama_cpp.llama_max_parallel_sequences() - 1, (self._pad or 1 << 30) - 2)
             self._open_tree_context(max(self._max_nodes + 1, 2))   # the last sequence id pads batches
             if calibrate:
                 self.cost = self._cost_curve()
@@ -288,7 +292,7 @@ class AdedLlama(llama_cpp.Llama):
             self._decode(self._tree_batch.batch)
             dt = time.perf_counter() - t
             llama_cpp.llama_memory_seq_rm(mem, -1, prefix, -1)
-            llama_cpp.llama_memory_seq_rm(mem, self._tree_batch.spare, -1, -1)
+            self._drop_padding(1)
             return dt
 
         timed(sizes[0])  # warm-up
@@ -472,8 +476,14 @@ class AdedLlama(llama_cpp.Llama):
             raise
         finally:
             if pad:
-                llama_cpp.llama_memory_seq_rm(mem, self._tree_batch.spare, -1, -1)
+                self._drop_padding(n_leaves)
         return n_leaves
+
+    def _drop_padding(self, n_leaves: int) -> None:
+        """Remove the idle rows of a padded batch: the sequence ids from n_leaves to the spare one."""
+        mem = llama_cpp.llama_get_memory(self._ctx.ctx)
+        for s in range(n_leaves, self._tree_batch.spare + 1):
+            llama_cpp.llama_memory_seq_rm(mem, s, -1, -1)
 
     def _logits_row(self, row: int) -> np.ndarray:
         """The logits of batch row `row` (negative: from the end), a view valid until the next

@@ -132,7 +132,7 @@ def test_help_explains_commands_and_llama_cpp_options(capsys):
     (["-ngl", "-2"], "--n-gpu-layers must be >= 0"),
     (["--temp"], "'--temp' requires an argument"),
     (["--copy-ngram", "4"], "'--copy-ngram': 4 is not in the range 1<=x<=3"),
-    (["--verify-batch", "1"], "verify_batch must be -1, 0 or 2..256"),
+    (["--verify-batch", "2"], "verify_batch must be -1, 0 or 3..256"),
 ])
 def test_invalid_options_are_one_line(capsys, args, fragment):
     assert main(["run", "-p", "x", *args]) != 0  # checked before any model is loaded

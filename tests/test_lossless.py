@@ -133,8 +133,8 @@ def test_auto_budget_drafts_on_repetitive_text_when_batches_are_cheap(plain, mod
 
 def test_fixed_shape_verification_matches_plain(plain, model_path, scorer):
     """verify_batch=8 (what a CUDA GPU gets automatically): every step is one decode of exactly
-    8 rows, the idle ones in a spare sequence that nothing attends to; the output stays the
-    model's own and no padding row is left in the KV cache."""
+    8 rows with 8 outputs and every sequence id, the idle rows in spare sequences that nothing
+    attends to; the output stays the model's own and no padding row is left in the KV cache."""
     from aded_edge.config import DraftConfig
     from aded_edge.llama import AdedLlama
     from conftest import LLAMA
@@ -142,10 +142,12 @@ def test_fixed_shape_verification_matches_plain(plain, model_path, scorer):
                     draft=DraftConfig(verify_batch=8, budget="fixed"))
     import llama_cpp
     mem, spare = llama_cpp.llama_get_memory(llm._ctx.ctx), llm._tree_batch.spare
-    rows, decode = [], llm._decode
+    rows, shapes, decode = [], set(), llm._decode
 
     def recorded(batch):   # the batch's size and whether padding of an earlier step was left behind
         rows.append((batch.n_tokens, llama_cpp.llama_memory_seq_pos_max(mem, spare) < 0))
+        tb, n = llm._tree_batch, batch.n_tokens   # what llama.cpp's graph reuse compares: outputs, ids
+        shapes.add((int(tb.logits[:n].sum()), len({int(x) for r in range(n) for x in tb.seq[r, :tb.n_seq[r]]})))
         return decode(batch)
     llm._decode = recorded
     accepted = 0
@@ -159,6 +161,7 @@ def test_fixed_shape_verification_matches_plain(plain, model_path, scorer):
         assert llm.n_tokens == llm.kv_positions()
         accepted += llm.last_stats.accepted
     assert set(rows) == {(8, True)} and accepted > 0
+    assert shapes == {(8, spare + 1)} and llm._max_nodes == 6   # 8 outputs, all 7 ids: one graph
 
 
 def test_fixed_shape_verification_is_off_on_a_cpu_build(model_path):
