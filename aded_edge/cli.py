@@ -667,12 +667,13 @@ def matrix_reset(model, everything):
 @click.option("-o", "--out", "out_dir", default=None, help="Output folder (default bench-out/<time>).")
 @click.option("-ngl", "--n-gpu-layers", "--gpu-layers", "n_gpu_layers", type=click.IntRange(-1), metavar="N", default=0,
               show_default=True, help="Model layers on the GPU for every system (-1 = all; a GPU build of llama.cpp).")
-@_draft_options(only=("--max-nodes", "--max-depth", "--simulations"))
+@_draft_options(only=("--max-nodes", "--max-depth", "--simulations", "--verify-batch"))
 def bench(model, workloads, per_workload, max_tokens, systems, seed, threads, n_ctx, out_dir, n_gpu_layers,
-          max_nodes, max_depth, simulations):
+          max_nodes, max_depth, simulations, verify_batch):
     """Speed against plain llama.cpp, same run, same machine; writes JSONL rows, a markdown
-    summary and plots. --max-nodes, --max-depth and --simulations set the aded systems' drafting
-    (and the reference drafter's); the fixed systems verify whole --max-nodes trees."""
+    summary and plots. --max-nodes, --max-depth, --simulations and --verify-batch set the aded
+    systems' drafting (the first three also the reference drafter's); the fixed systems verify
+    whole --max-nodes trees."""
     from .bench import SYSTEMS, WORKLOADS, load_prompts, run_bench
     wl = [w.strip() for w in workloads.split(",") if w.strip()]
     sy = [s.strip() for s in systems.split(",") if s.strip()]
@@ -686,7 +687,8 @@ def bench(model, workloads, per_workload, max_tokens, systems, seed, threads, n_
     with _bar(total, "bench") as update:
         result = run_bench(model, wl, per_workload, max_tokens, tuple(dict.fromkeys(sy)), seed, threads, n_ctx,
                            out_dir, progress=update, n_gpu_layers=n_gpu_layers,
-                           draft=DraftConfig(max_nodes=max_nodes, max_depth=max_depth, n_simulations=simulations))
+                           draft=DraftConfig(max_nodes=max_nodes, max_depth=max_depth, n_simulations=simulations,
+                                             verify_batch=verify_batch))
     click.echo(result["report"])
 
 

@@ -177,6 +177,8 @@ def test_bench_gpu_layers_reach_every_system(monkeypatch):
     assert (seen["draft"].max_nodes, seen["draft"].max_depth, seen["draft"].n_simulations) == (200, 8, 600)
     seen.clear()
     assert main(["bench", "--max-nodes", "256"]) != 0 and not seen
+    assert main(["bench", "--verify-batch", "2"]) != 0 and not seen
+    assert main(["bench", "-ngl", "-1", "--verify-batch", "16"]) == 0 and seen["draft"].verify_batch == 16
 
 
 def test_console_script_invalid_temp():
