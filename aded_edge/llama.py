@@ -65,7 +65,7 @@ class TreeBatch:
         nothing attends to them, and every row with logits. llama.cpp reuses its graph only while
         the batch keeps its shape, and the shape includes the number of outputs and of distinct
         sequence ids: the idle rows therefore also carry every id no branch uses, so each padded
-        batch holds all n_seq ids (remove those ids after the decode, see drop_padding). Returns
+        batch holds all n_seq ids (remove them after the decode: AdedLlama._drop_padding). Returns
         the number of sequence ids of the tree."""
         r, n = len(pending), len(tree)
         self.token[:r] = pending
@@ -292,7 +292,8 @@ class AdedLlama(llama_cpp.Llama):
             self._decode(self._tree_batch.batch)
             dt = time.perf_counter() - t
             llama_cpp.llama_memory_seq_rm(mem, -1, prefix, -1)
-            self._drop_padding(1)
+            if self._pad:
+                self._drop_padding(1)
             return dt
 
         timed(sizes[0])  # warm-up
