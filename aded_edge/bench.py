@@ -421,7 +421,7 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
                              tokens=len(r.tokens) if r.text is None else None, first_s=r.first_s, total_s=r.total_s,
                              decode_tok_s=r.decode_tok_s,
                              speedup=r.decode_tok_s / ref.decode_tok_s if ref.decode_tok_s else float("nan"),
-                             tokens_per_step=st.get("tokens_per_step", 1.0) if s != "prompt-lookup" else float("nan"),
+                             tokens_per_step=st.get("tokens_per_step", float("nan")),   # nan: not reported
                              draft_ms_per_step=st.get("draft_ms_per_step", 0.0),
                              verify_ms_per_step=st.get("verify_ms_per_step", 0.0),
                              drafted=st.get("drafted"), accepted=st.get("accepted"),  # None: not reported
