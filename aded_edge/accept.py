@@ -69,10 +69,11 @@ def make_chooser(s: Sampling) -> Callable[[np.ndarray], int]:
     return draw
 
 
-def walk_tree(tree: DraftTree, row: Callable[[int], np.ndarray], choose: Callable[[np.ndarray], int]):
-    """Accept along the tree. row(i) gives the logits of batch row i (0 = the pending token,
-    1 + j = node j). Returns (accepted node indices, emitted tokens): at least 1 token, at most
-    len(accepted) + 1, the last one being the bonus token that is not in the KV cache yet."""
+def walk_tree(tree: DraftTree, choice: Callable[[int], int]):
+    """Accept along the tree. choice(i) is the model's token at batch row i (0 = the pending token,
+    1 + j = node j), chosen from that row's logits. Returns (accepted node indices, emitted tokens):
+    at least 1 token, at most len(accepted) + 1, the last one being the bonus token that is not in
+    the KV cache yet."""
     children: dict[tuple[int, int], int] = {}
     for j in range(len(tree)):
         children[(int(tree.parents[j]), int(tree.tokens[j]))] = j
@@ -80,7 +81,7 @@ def walk_tree(tree: DraftTree, row: Callable[[int], np.ndarray], choose: Callabl
     emitted: list[int] = []
     node = -1
     while True:
-        tok = choose(row(node + 1))
+        tok = choice(node + 1)
         emitted.append(tok)
         nxt = children.get((node, tok))
         if nxt is None:
@@ -89,14 +90,14 @@ def walk_tree(tree: DraftTree, row: Callable[[int], np.ndarray], choose: Callabl
         node = nxt
 
 
-def rejected_choices(tree: DraftTree, accepted: list, row: Callable[[int], np.ndarray], pending: int):
+def rejected_choices(tree: DraftTree, accepted: list, top: np.ndarray, pending: int):
     """The model's most likely next token after every verified node it did not accept, as grams
     (a, b) -> c for TrigramMatrix.update_grams: b the node's token, a its parent's (`pending` for
-    a child of the pending token), c the argmax of the node's logits. The verification computed
-    them anyway; the text may reach such a pair later. Always the argmax, never a draw: a sampled
-    generation's random stream stays the one plain decoding would use."""
+    a child of the pending token), c = top[1 + node], the argmax of the node's logits (top: the
+    argmax of every batch row, row 0 the pending token's). The verification computed them anyway;
+    the text may reach such a pair later. Always the argmax, never a draw: a sampled generation's
+    random stream stays the one plain decoding would use."""
     rejected = np.setdiff1d(np.arange(len(tree)), np.asarray(accepted, dtype=np.int64), assume_unique=True)
     parents = tree.parents[rejected]
     a = np.where(parents >= 0, tree.tokens[np.maximum(parents, 0)], pending).astype(np.int64)
-    c = np.array([int(np.argmax(row(int(j) + 1))) for j in rejected], dtype=np.int64)
-    return a, tree.tokens[rejected].astype(np.int64), c
+    return a, tree.tokens[rejected].astype(np.int64), np.asarray(top, dtype=np.int64)[rejected + 1]

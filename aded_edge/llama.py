@@ -107,6 +107,7 @@ class AdedLlama(llama_cpp.Llama):
         read_gguf(path)  # a clear error for a foreign or truncated file, before llama.cpp sees it
         super().__init__(path, **kwargs)
         self._row_type = ctypes.c_float * self._n_vocab  # one row of logits (see _logits_row)
+        self._rows_types = {}                             # n rows of logits (see _argmax_rows)
         self.draft_config = draft or DraftConfig()
         self.drafter = drafter
         self.last_stats = DecodeStats()
@@ -411,7 +412,9 @@ class AdedLlama(llama_cpp.Llama):
             # accept: the model's own choices along the tree; the KV cache keeps the pending tokens
             # and the accepted nodes that lie in order right after them (the tree's first chain)
             base = len(pending) - 1
-            accepted, emitted = walk_tree(tree, lambda r: self._logits_row(base + r), choose)
+            top = self._argmax_rows(base, k + 1)   # greedy choices, and what rejected nodes teach
+            accepted, emitted = walk_tree(tree, (lambda r: int(top[r])) if sampling.greedy
+                                          else lambda r: choose(self._logits_row(base + r)))
             kept = next((j for j, node in enumerate(accepted) if node != j), len(accepted))
             self._commit(len(pending), accepted[:kept], n_leaves, n_past)
             self.input_ids[n_past:n_past + len(pending)] = pending
@@ -424,8 +427,7 @@ class AdedLlama(llama_cpp.Llama):
             lookup.extend(emitted)
             matrix.update(history[start - 2:], start=2)
             if cfg.adapt_rejected and self.drafter is None and len(accepted) < k:
-                matrix.update_grams(*rejected_choices(tree, accepted, lambda r: self._logits_row(base + r),
-                                                      history[start - 1]))
+                matrix.update_grams(*rejected_choices(tree, accepted, top, history[start - 1]))
             if self.drafter is not None:
                 self.drafter.update(emitted)
             calibrator.track(full, start)
@@ -485,6 +487,14 @@ class AdedLlama(llama_cpp.Llama):
         mem = llama_cpp.llama_get_memory(self._ctx.ctx)
         for s in range(n_leaves, self._tree_batch.spare + 1):
             llama_cpp.llama_memory_seq_rm(mem, s, -1, -1)
+
+    def _argmax_rows(self, row: int, n: int) -> np.ndarray:
+        """The argmax of the logits of batch rows row..row + n - 1, which must all have logits, in
+        one pass: llama.cpp keeps the outputs of a batch in its order, one after the other."""
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx.ctx, row)
+        rows = self._rows_types.get(n) or self._rows_types.setdefault(n, ctypes.c_float * (n * self._n_vocab))
+        logits = np.frombuffer(rows.from_address(ctypes.addressof(ptr.contents)), np.float32)
+        return logits.reshape(n, self._n_vocab).argmax(axis=1)
 
     def _logits_row(self, row: int) -> np.ndarray:
         """The logits of batch row `row` (negative: from the end), a view valid until the next

@@ -72,7 +72,7 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
             c["draft_s"] += time.perf_counter() - t
             c["verify_s"] += float(cost(len(tree) + pending))
             upcoming = iter(truth[len(out):])  # "the model" chooses the recorded tokens
-            acc, emitted = walk_tree(tree, lambda row: row, lambda _row: next(upcoming, -1))
+            acc, emitted = walk_tree(tree, lambda _row: next(upcoming, -1))
             # as in decoding, accepted nodes off the batch's first chain are evaluated again next step
             kept = next((j for j, node in enumerate(acc) if node != j), len(acc))
             pending = 1 + len(acc) - kept

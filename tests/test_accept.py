@@ -69,19 +69,31 @@ def logits_for(choice_by_row, vocab=10):
     return row
 
 
+def chosen(choice_by_row, chooser):
+    """choice(i) for walk_tree: the chooser applied to row i's logits."""
+    row = logits_for(choice_by_row)
+    return lambda i: chooser(row(i))
+
+
+def argmax_rows(choice_by_row):
+    """Every batch row's argmax, as AdedLlama passes it to rejected_choices."""
+    row = logits_for(choice_by_row)
+    return np.array([int(np.argmax(row(i))) for i in range(max(choice_by_row) + 1)])
+
+
 def test_walk_accepts_longest_matching_path_plus_bonus():
     #        pending -> 5 -> 6 -> 7
     #                \-> 8 -> 9
     t = tree([5, 8, 6, 9, 7], [-1, -1, 0, 1, 2])
     greedy = make_chooser(Sampling(temp=0.0))
     # model: after pending 8, after 8 -> 9, after 9 -> 3 (not in tree)
-    acc, out = walk_tree(t, logits_for({0: 8, 2: 9, 4: 3}), greedy)
+    acc, out = walk_tree(t, chosen({0: 8, 2: 9, 4: 3}, greedy))
     assert acc == [1, 3] and out == [8, 9, 3]
-    acc, out = walk_tree(t, logits_for({0: 5, 1: 6, 3: 7, 5: 2}), greedy)
+    acc, out = walk_tree(t, chosen({0: 5, 1: 6, 3: 7, 5: 2}, greedy))
     assert acc == [0, 2, 4] and out == [5, 6, 7, 2]
-    acc, out = walk_tree(t, logits_for({0: 4}), greedy)
+    acc, out = walk_tree(t, chosen({0: 4}, greedy))
     assert acc == [] and out == [4]
-    acc, out = walk_tree(tree([], []), logits_for({0: 1}), greedy)
+    acc, out = walk_tree(tree([], []), chosen({0: 1}, greedy))
     assert acc == [] and out == [1]
 
 
@@ -90,11 +102,11 @@ def test_rejected_choices_are_the_models_argmax_after_each_rejected_node():
     #                   \-> 8 -> 9
     t = tree([5, 8, 6, 9, 7], [-1, -1, 0, 1, 2])
     choices = {0: 8, 1: 1, 2: 9, 3: 2, 4: 3, 5: 0}   # row 1 + j: the model after node j
-    acc, _ = walk_tree(t, logits_for(choices), make_chooser(Sampling(temp=0.0)))
+    acc, _ = walk_tree(t, chosen(choices, make_chooser(Sampling(temp=0.0))))
     assert acc == [1, 3]
-    a, b, c = rejected_choices(t, acc, logits_for(choices), pending=4)
+    a, b, c = rejected_choices(t, acc, argmax_rows(choices), pending=4)
     # nodes 0 (5 after the pending 4), 2 (6 after 5), 4 (7 after 6) were rejected
     assert list(zip(a.tolist(), b.tolist(), c.tolist())) == [(4, 5, 1), (5, 6, 2), (6, 7, 0)]
-    a, b, c = rejected_choices(t, [0, 2, 4], logits_for(choices), pending=4)
+    a, b, c = rejected_choices(t, [0, 2, 4], argmax_rows(choices), pending=4)
     assert list(zip(a.tolist(), b.tolist(), c.tolist())) == [(4, 8, 9), (8, 9, 3)]
-    assert all(len(x) == 0 for x in rejected_choices(tree([], []), [], logits_for({0: 1}), pending=4))
+    assert all(len(x) == 0 for x in rejected_choices(tree([], []), [], argmax_rows({0: 1}), pending=4))
