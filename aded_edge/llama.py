@@ -61,12 +61,12 @@ class TreeBatch:
 
     def fill(self, pending: list, tree: DraftTree, n_past: int, pad: bool = False) -> int:
         """Pending tokens from n_past on (only the last needs logits), node j at the last pending
-        position + depth[j]; with pad, idle rows up to self.pad tokens in the spare sequence, where
-        nothing attends to them, and every row with logits. llama.cpp reuses its graph only while
-        the batch keeps its shape, and the shape includes the number of outputs and of distinct
-        sequence ids: the idle rows therefore also carry every id no branch uses, so each padded
-        batch holds all n_seq ids (remove them after the decode: AdedLlama._drop_padding). Returns
-        the number of sequence ids of the tree."""
+        position + depth[j]; with pad, idle rows up to self.pad tokens in the spare sequence, from
+        n_past on, where no branch attends to them, and every row with logits. llama.cpp reuses its
+        graph only while the batch keeps its shape, and the shape includes the number of outputs
+        and of distinct sequence ids: the idle rows therefore also carry every id no branch uses,
+        so each padded batch holds all n_seq ids. Every id the batch uses must hold exactly the
+        prefix (AdedLlama._verify). Returns the number of sequence ids of the tree."""
         r, n = len(pending), len(tree)
         self.token[:r] = pending
         self.pos[:r] = np.arange(n_past, n_past + r)
@@ -83,7 +83,7 @@ class TreeBatch:
                 raise ValueError("the padding sequence id is taken by a tree leaf")
             rows = slice(r + n, self.pad)
             self.token[rows] = pending[-1]
-            self.pos[rows] = np.arange(self.pad - r - n)   # the spare sequences hold nothing before
+            self.pos[rows] = np.arange(n_past, n_past + self.pad - r - n)
             self.n_seq[rows] = self.spare + 1 - n_leaves
             self.seq[rows, 0] = self.spare               # first: the id whose cells the rows see
             self.seq[rows, 1:self.spare + 1 - n_leaves] = np.arange(n_leaves, self.spare, dtype=np.int32)
@@ -292,9 +292,7 @@ class AdedLlama(llama_cpp.Llama):
             t = time.perf_counter()
             self._decode(self._tree_batch.batch)
             dt = time.perf_counter() - t
-            llama_cpp.llama_memory_seq_rm(mem, -1, prefix, -1)
-            if self._pad:
-                self._drop_padding(1)
+            llama_cpp.llama_memory_seq_rm(mem, -1, prefix, -1)   # the padding rows too
             return dt
 
         timed(sizes[0])  # warm-up
@@ -407,7 +405,7 @@ class AdedLlama(llama_cpp.Llama):
             k = len(tree)
             t1 = time.perf_counter()
             # verify: the pending tokens and the whole tree in one llama_decode
-            n_leaves = self._verify(tree, pending, n_past)
+            n_seqs = self._verify(tree, pending, n_past)
             t2 = time.perf_counter()
             # accept: the model's own choices along the tree; the KV cache keeps the pending tokens
             # and the accepted nodes that lie in order right after them (the tree's first chain)
@@ -416,7 +414,7 @@ class AdedLlama(llama_cpp.Llama):
             accepted, emitted = walk_tree(tree, (lambda r: int(top[r])) if sampling.greedy
                                           else lambda r: choose(self._logits_row(base + r)))
             kept = next((j for j, node in enumerate(accepted) if node != j), len(accepted))
-            self._commit(len(pending), accepted[:kept], n_leaves, n_past)
+            self._commit(len(pending), accepted[:kept], n_seqs, n_past)
             self.input_ids[n_past:n_past + len(pending)] = pending
             self.input_ids[n_past + len(pending):n_past + len(pending) + kept] = tree.tokens[:kept]
             n_past += len(pending) + kept
@@ -465,28 +463,26 @@ class AdedLlama(llama_cpp.Llama):
         return reuse
 
     def _verify(self, tree: DraftTree, pending: list, n_past: int) -> int:
-        """One llama_decode of the pending tokens and the tree; returns the sequence ids used."""
+        """One llama_decode of the pending tokens and the tree; returns the number of sequence ids
+        the batch used (a padded batch: all of them). Between steps every id holds a prefix of
+        sequence 0 (_commit); each id the batch uses is first brought up to the whole prefix, by
+        copying the cells committed since it last took part: a copy's cost follows the cells it
+        adds, so a branch costs a few cells a step, not the whole context."""
         pad = self._pad > 0 and self._n_ctx - n_past >= self._pad   # padding rows need free cells
         n_leaves = self._tree_batch.fill(pending, tree, n_past, pad)
+        n_seqs = self._tree_batch.spare + 1 if pad else n_leaves
         mem = llama_cpp.llama_get_memory(self._ctx.ctx)
-        for s in range(1, n_leaves):  # every branch must hold the shared prefix first
-            llama_cpp.llama_memory_seq_cp(mem, 0, s, -1, -1)
+        for s in range(1, n_seqs):
+            held = llama_cpp.llama_memory_seq_pos_max(mem, s) + 1
+            if held < n_past:
+                llama_cpp.llama_memory_seq_cp(mem, 0, s, held, -1)
         try:
             self._decode(self._tree_batch.batch)
         except RuntimeError:
-            for s in range(1, n_leaves):
-                llama_cpp.llama_memory_seq_rm(mem, s, -1, -1)
+            for s in range(1, n_seqs):
+                llama_cpp.llama_memory_seq_rm(mem, s, n_past, -1)
             raise
-        finally:
-            if pad:
-                self._drop_padding(n_leaves)
-        return n_leaves
-
-    def _drop_padding(self, n_leaves: int) -> None:
-        """Remove the idle rows of a padded batch: the sequence ids from n_leaves to the spare one."""
-        mem = llama_cpp.llama_get_memory(self._ctx.ctx)
-        for s in range(n_leaves, self._tree_batch.spare + 1):
-            llama_cpp.llama_memory_seq_rm(mem, s, -1, -1)
+        return n_seqs
 
     def _argmax_rows(self, row: int, n: int) -> np.ndarray:
         """The argmax of the logits of batch rows row..row + n - 1, which must all have logits, in
@@ -502,26 +498,31 @@ class AdedLlama(llama_cpp.Llama):
         ptr = llama_cpp.llama_get_logits_ith(self._ctx.ctx, row)
         return np.frombuffer(self._row_type.from_address(ctypes.addressof(ptr.contents)), np.float32)
 
-    def _commit(self, n_pending: int, kept: list, n_leaves: int, n_past: int) -> None:
-        """Leave exactly the pending tokens and the kept chain nodes after the prefix, as sequence 0."""
+    def _commit(self, n_pending: int, kept: list, n_seqs: int, n_past: int) -> None:
+        """Leave exactly the pending tokens and the kept chain nodes after the prefix, as sequence 0;
+        every other id of the batch (n_seqs of them) keeps the prefix only. Each removal and copy
+        starts at n_past: its cost follows the cells of this step, not the context."""
         mem = llama_cpp.llama_get_memory(self._ctx.ctx)
         s = int(self._tree_batch.seq[n_pending + kept[-1], 0]) if kept else 0
-        if n_leaves > 1:
-            llama_cpp.llama_memory_seq_keep(mem, s)
+        for t in range(n_seqs):
+            if t != s:
+                llama_cpp.llama_memory_seq_rm(mem, t, n_past, -1)
         llama_cpp.llama_memory_seq_rm(mem, s, n_past + n_pending + len(kept), -1)
         if s != 0:
-            llama_cpp.llama_memory_seq_cp(mem, s, 0, -1, -1)
-            llama_cpp.llama_memory_seq_rm(mem, s, -1, -1)
+            llama_cpp.llama_memory_seq_cp(mem, s, 0, n_past, -1)
 
     def kv_positions(self) -> int:
         """Number of positions sequence 0 holds in the KV cache (for integrity checks)."""
         mem = llama_cpp.llama_get_memory(self._ctx.ctx)
         return int(llama_cpp.llama_memory_seq_pos_max(mem, 0)) + 1
 
-    def kv_sequences_empty(self, upto: int) -> bool:
-        """True when no sequence id in 1..upto-1 holds any position (no leaked branch)."""
+    def kv_branches_clean(self, upto: int) -> bool:
+        """True when every sequence id in 1..upto-1 holds nothing or a prefix of sequence 0 (no
+        leaked branch: _commit leaves the ids so between steps)."""
         mem = llama_cpp.llama_get_memory(self._ctx.ctx)
-        return all(llama_cpp.llama_memory_seq_pos_max(mem, s) < 0 for s in range(1, upto))
+        end = llama_cpp.llama_memory_seq_pos_max(mem, 0)
+        return all(llama_cpp.llama_memory_seq_pos_min(mem, s) in (-1, 0) and llama_cpp.llama_memory_seq_pos_max(mem, s) <= end
+                   for s in range(1, upto))
 
 
 def vocab_fingerprint(vocab) -> str:

@@ -283,7 +283,7 @@ def test_chat_ctrl_c_inside_decoding_drops_the_turn_and_recovers(aded, monkeypat
     monkeypatch.undo()
     fresh = aded.create_chat_completion(messages=[user(question)], temperature=0.0, max_tokens=12)
     assert r.history[1] == assistant(fresh["choices"][0]["message"]["content"])
-    assert aded.kv_sequences_empty(aded.context_params.n_seq_max)  # no draft branch leaked
+    assert aded.kv_branches_clean(aded.context_params.n_seq_max)  # no draft branch leaked
 
 
 class FakeLlm:

@@ -133,7 +133,7 @@ def test_auto_budget_drafts_on_repetitive_text_when_batches_are_cheap(plain, mod
 
 def test_fixed_shape_verification_matches_plain(plain, model_path, scorer):
     """verify_batch=8 (what a CUDA GPU gets automatically): every step is one decode of exactly
-    8 rows with 8 outputs and every sequence id, the idle rows in spare sequences that nothing
+    8 rows with 8 outputs and every sequence id, the idle rows in spare sequences that no branch
     attends to; the output stays the model's own and no padding row is left in the KV cache."""
     from aded_edge.config import DraftConfig
     from aded_edge.llama import AdedLlama
@@ -144,8 +144,9 @@ def test_fixed_shape_verification_matches_plain(plain, model_path, scorer):
     mem, spare = llama_cpp.llama_get_memory(llm._ctx.ctx), llm._tree_batch.spare
     rows, shapes, decode = [], set(), llm._decode
 
-    def recorded(batch):   # the batch's size and whether padding of an earlier step was left behind
-        rows.append((batch.n_tokens, llama_cpp.llama_memory_seq_pos_max(mem, spare) < 0))
+    def recorded(batch):   # the batch's size, and whether the spare id holds the prefix and no padding
+        rows.append((batch.n_tokens, llama_cpp.llama_memory_seq_pos_max(mem, spare)
+                     == llama_cpp.llama_memory_seq_pos_max(mem, 0)))
         tb, n = llm._tree_batch, batch.n_tokens   # what llama.cpp's graph reuse compares: outputs, ids
         shapes.add((int(tb.logits[:n].sum()), len({int(x) for r in range(n) for x in tb.seq[r, :tb.n_seq[r]]})))
         return decode(batch)
@@ -157,7 +158,7 @@ def test_fixed_shape_verification_matches_plain(plain, model_path, scorer):
         assert_greedy_throughout(scorer, prompt, got, repr(text[:40]))
         if BATCH_INVARIANT:
             assert got == first_n(plain.generate(prompt, temp=0.0), 48)
-        assert llm.kv_sequences_empty(llm._tree_batch.spare + 1)
+        assert llm.kv_branches_clean(llm._tree_batch.spare + 1)
         assert llm.n_tokens == llm.kv_positions()
         accepted += llm.last_stats.accepted
     assert set(rows) == {(8, True)} and accepted > 0
@@ -269,6 +270,35 @@ def test_end_of_generation_inside_an_accepted_path(plain, aded_tree):
     assert s.accepted > 0, "second run accepted nothing: EOS inside a path was not exercised"
 
 
+def test_kv_bookkeeping_of_a_step_does_not_span_the_context(plain, aded_tree, monkeypatch):
+    """Tree attention needs every branch's sequence id to hold the prefix. The ids keep it
+    between steps, so a step copies and removes only cells from the last committed position on:
+    each id receives the prompt once, never again, and nothing is removed below the prompt's
+    end after the prefill (a removal or copy touches a map entry per cell it moves: doing so over
+    the whole context on every step cost 0.9 ms at 1000 cells)."""
+    import llama_cpp
+    import aded_edge.llama as L
+    calls, prefilled = [], []
+    for name in ("llama_memory_seq_cp", "llama_memory_seq_rm", "llama_memory_seq_keep"):
+        real = getattr(llama_cpp, name)
+        monkeypatch.setattr(L.llama_cpp, name, lambda *a, _real=real, _name=name: (
+            calls.append((_name, a[1:])) if prefilled else None, _real(*a))[1])
+    prompt = tokens_of(plain, PROMPTS[8])
+    aded_tree.reset()   # nothing reused from an earlier test: every id starts empty
+    for tok in aded_tree.generate(prompt, temp=0.0):
+        prefilled.append(tok)
+        if len(prefilled) == 64:
+            break
+    steps = aded_tree.last_stats.steps
+    assert steps > 4 and aded_tree.last_stats.accepted > 0
+    assert not [c for c in calls if c[0] == "llama_memory_seq_keep"]
+    assert all(p0 >= len(prompt) for name, (seq, p0, p1) in [c for c in calls if c[0] == "llama_memory_seq_rm"])
+    copies = [(src, dst, p0) for name, (src, dst, p0, p1) in [c for c in calls if c[0] == "llama_memory_seq_cp"]]
+    below = [dst for src, dst, p0 in copies if p0 < len(prompt)]
+    assert len(below) == len(set(below)) and len(below) >= 1   # the branches were used, each filled once
+    assert aded_tree.kv_branches_clean(aded_tree.draft_config.max_nodes + 1)
+
+
 def test_kv_cache_holds_exactly_prompt_and_emitted_tokens_after_long_run(plain, aded_tree):
     aded = aded_tree  # trees on every step
     prompt = tokens_of(plain, CHAT.format("Write a long story about a robot who learns to paint. "
@@ -285,7 +315,7 @@ def test_kv_cache_holds_exactly_prompt_and_emitted_tokens_after_long_run(plain, 
     assert len(prompt) + len(out) - 1 <= n_kv <= len(prompt) + len(out) - 1 + deepest
     assert list(aded.input_ids[:len(prompt)]) == prompt
     assert list(aded.input_ids[len(prompt):len(prompt) + len(out) - 1]) == out[:-1]
-    assert aded.kv_sequences_empty(aded.draft_config.max_nodes + 1)
+    assert aded.kv_branches_clean(aded.draft_config.max_nodes + 1)
     assert s.steps > 0
 
 
