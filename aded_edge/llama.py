@@ -116,6 +116,9 @@ class AdedLlama(llama_cpp.Llama):
         self._model_reason = self._unsupported_model(kwargs) if speculative else "speculation switched off"
         self.cost = CostModel([1], [1.0])
         self._pad = 0
+        # layers on a GPU: llama_decode returns before the GPU is done, and a step's learning
+        # runs in that time instead of between the decodes (see _decode)
+        self._overlap = kwargs.get("n_gpu_layers", 0) != 0
         if not self._model_reason:
             self._pad = self._verify_batch(kwargs)
             # padded: trees leave at least one idle row, which carries the ids no branch uses
@@ -317,11 +320,14 @@ class AdedLlama(llama_cpp.Llama):
         self._requires_eval = True
         return sizes, [float(x) for x in out], spread, max(float(np.median(switches)), 0.0)
 
-    def _decode(self, batch) -> None:
+    def _decode(self, batch, meanwhile=None) -> None:
         """One llama_decode, returning when the backend has finished it: a GPU backend returns
         from llama_decode before its kernels have run, so without the wait the timed verify
-        cost would be the launch only and the work would land in whatever reads logits next."""
+        cost would be the launch only and the work would land in whatever reads logits next.
+        meanwhile() runs in that gap (on a CPU backend the decode is done by then)."""
         rc = llama_cpp.llama_decode(self._ctx.ctx, batch)
+        if meanwhile is not None:
+            meanwhile()
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with code {rc}" + (" (no room in the KV cache)" if rc == 1 else ""))
         llama_cpp.llama_synchronize(self._ctx.ctx)
@@ -381,10 +387,10 @@ class AdedLlama(llama_cpp.Llama):
         # prefill exactly as plain decoding does (the whole prompt in one pass), so the KV cache and
         # the first token are bit-identical to it; the first token needs no draft
         stats.reused_tokens = self._prefill(prompt)
-        matrix.update(prompt, start=stats.reused_tokens)
+        first = choose(self._logits_row(-1))
+        matrix.update(prompt + [first], start=stats.reused_tokens)
         if self.drafter is not None:
             self.drafter.update(prompt)
-        first = choose(self._logits_row(-1))
         stats.prefill_s = time.perf_counter() - t
         if stopping_criteria is not None and stopping_criteria(np.asarray(prompt, dtype=np.intc), self._logits_row(-1)):
             return
@@ -393,58 +399,78 @@ class AdedLlama(llama_cpp.Llama):
         n_past = len(prompt)              # tokens in the KV cache (seq 0) = history[:n_past]
         stats.generated += 1
         yield first
-        while True:
-            pending = history[n_past:]    # emitted, not yet in the KV cache: usually one token
-            room = self._n_ctx - n_past - len(pending)
-            if room < 0:
-                return
-            t0 = time.perf_counter()
-            # draft: MCTS tree, calibrated reach probabilities, the prefix of it that pays (maybe none)
-            max_nodes = min(room, self._max_nodes - len(pending) + 1)
-            full, tree, expected = draft_step(matrix, history, cfg, calibrator, cost, max_nodes, room, self.drafter, lookup)
-            k = len(tree)
-            t1 = time.perf_counter()
-            # verify: the pending tokens and the whole tree in one llama_decode
-            n_seqs = self._verify(tree, pending, n_past)
-            t2 = time.perf_counter()
-            # accept: the model's own choices along the tree; the KV cache keeps the pending tokens
-            # and the accepted nodes that lie in order right after them (the tree's first chain)
-            base = len(pending) - 1
-            top = self._argmax_rows(base, k + 1)   # greedy choices, and what rejected nodes teach
-            accepted, emitted = walk_tree(tree, (lambda r: int(top[r])) if sampling.greedy
-                                          else lambda r: choose(self._logits_row(base + r)))
-            kept = next((j for j, node in enumerate(accepted) if node != j), len(accepted))
-            self._commit(len(pending), accepted[:kept], n_seqs, n_past)
-            self.input_ids[n_past:n_past + len(pending)] = pending
-            self.input_ids[n_past + len(pending):n_past + len(pending) + kept] = tree.tokens[:kept]
-            n_past += len(pending) + kept
-            self.n_tokens = n_past
-            # update: adapt the matrix, label old trees for the calibration, learn the cost
-            start = len(history)
-            history.extend(emitted)
-            lookup.extend(emitted)
-            matrix.update(history[start - 2:], start=2)
-            if cfg.adapt_rejected and self.drafter is None and len(accepted) < k:
-                matrix.update_grams(*rejected_choices(tree, accepted, top, history[start - 1]))
-            if self.drafter is not None:
-                self.drafter.update(emitted)
+        learn = None   # the last step's learning, where it runs while the GPU verifies the next tree
+        try:
+            while True:
+                pending = history[n_past:]    # emitted, not yet in the KV cache: usually one token
+                room = self._n_ctx - n_past - len(pending)
+                if room < 0:
+                    return
+                t0 = time.perf_counter()
+                # draft: MCTS tree, calibrated reach probabilities, the prefix of it that pays (maybe none)
+                max_nodes = min(room, self._max_nodes - len(pending) + 1)
+                full, tree, expected = draft_step(matrix, history, cfg, calibrator, cost, max_nodes, room, self.drafter, lookup)
+                k = len(tree)
+                t1 = time.perf_counter()
+                # verify: the pending tokens and the whole tree in one llama_decode
+                last, learn = learn, None
+                n_seqs = self._verify(tree, pending, n_past, meanwhile=last)
+                t2 = time.perf_counter()
+                # accept: the model's own choices along the tree; the KV cache keeps the pending tokens
+                # and the accepted nodes that lie in order right after them (the tree's first chain)
+                base = len(pending) - 1
+                top = self._argmax_rows(base, k + 1)   # greedy choices, and what rejected nodes teach
+                accepted, emitted = walk_tree(tree, (lambda r: int(top[r])) if sampling.greedy
+                                              else lambda r: choose(self._logits_row(base + r)))
+                kept = next((j for j, node in enumerate(accepted) if node != j), len(accepted))
+                self._commit(len(pending), accepted[:kept], n_seqs, n_past)
+                self.input_ids[n_past:n_past + len(pending)] = pending
+                self.input_ids[n_past + len(pending):n_past + len(pending) + kept] = tree.tokens[:kept]
+                n_past += len(pending) + kept
+                self.n_tokens = n_past
+                # update: the copy index and the trust now (the next draft needs them); the matrix
+                # and the calibration's labels now on a CPU, during the next decode on a GPU
+                start = len(history)
+                history.extend(emitted)
+                lookup.extend(emitted)
+                if self.drafter is not None:
+                    self.drafter.update(emitted)
+                calibrator.settle(expected, len(accepted))
+                learn = self._learning(calibrator, history, start, full, tree, accepted, top)
+                if not self._overlap:   # a CPU decodes synchronously: nothing to overlap
+                    learn()
+                    learn = None
+                t3 = time.perf_counter()
+                cost.observe(len(pending) + k, t2 - t1, (t1 - t0) + (t3 - t2), drafted=k > 0)
+                stats.record_step(k, len(accepted))
+                stats.draft_s += t1 - t0
+                stats.verify_s += t2 - t1
+                stats.accept_s += t3 - t2
+                for j, tok in enumerate(emitted):
+                    # plain generate asks the criteria before yielding a token, showing the tokens before it
+                    if stopping_criteria is not None and stopping_criteria(
+                            np.asarray(history[:start + j], dtype=np.intc),
+                            self._logits_row(base + (0 if j == 0 else accepted[j - 1] + 1))):
+                        return
+                    stats.generated += 1
+                    yield tok
+        finally:
+            if learn is not None:   # the generation ended before the next decode
+                learn()
+
+    def _learning(self, calibrator: ReachCalibrator, history: list, start: int, full: DraftTree, tree: DraftTree,
+                  accepted: list, top: np.ndarray):
+        """What a step teaches, as a function to run now or while the next tree is verified (the
+        next step extends history only after its decode): to the matrix the emitted tokens
+        (history[start:]) and, for every rejected node, the model's own next token; to the
+        calibration the labels of the trees the text has now overtaken."""
+        def learn():
+            self.matrix.update(history[start - 2:], start=2)
+            if self.draft_config.adapt_rejected and self.drafter is None and len(accepted) < len(tree):
+                self.matrix.update_grams(*rejected_choices(tree, accepted, top, history[start - 1]))
             calibrator.track(full, start)
             calibrator.learn(history)
-            calibrator.settle(expected, len(accepted))
-            t3 = time.perf_counter()
-            cost.observe(len(pending) + k, t2 - t1, (t1 - t0) + (t3 - t2), drafted=k > 0)
-            stats.record_step(k, len(accepted))
-            stats.draft_s += t1 - t0
-            stats.verify_s += t2 - t1
-            stats.accept_s += t3 - t2
-            for j, tok in enumerate(emitted):
-                # plain generate asks the criteria before yielding a token, showing the tokens before it
-                if stopping_criteria is not None and stopping_criteria(
-                        np.asarray(history[:start + j], dtype=np.intc),
-                        self._logits_row(base + (0 if j == 0 else accepted[j - 1] + 1))):
-                    return
-                stats.generated += 1
-                yield tok
+        return learn
 
     def _prefill(self, prompt: list) -> int:
         """Evaluate the prompt so the KV cache holds exactly it and the last logits row is its
@@ -462,9 +488,10 @@ class AdedLlama(llama_cpp.Llama):
         self._requires_eval = True  # after the first step the context's logits are not the last token's
         return reuse
 
-    def _verify(self, tree: DraftTree, pending: list, n_past: int) -> int:
-        """One llama_decode of the pending tokens and the tree; returns the number of sequence ids
-        the batch used (a padded batch: all of them). Between steps every id holds a prefix of
+    def _verify(self, tree: DraftTree, pending: list, n_past: int, meanwhile=None) -> int:
+        """One llama_decode of the pending tokens and the tree, running meanwhile() (if given)
+        while the backend works; returns the number of sequence ids the batch used (a padded
+        batch: all of them). Between steps every id holds a prefix of
         sequence 0 (_commit); each id the batch uses is first brought up to the whole prefix, by
         copying the cells committed since it last took part: a copy's cost follows the cells it
         adds, so a branch costs a few cells a step, not the whole context."""
@@ -477,7 +504,7 @@ class AdedLlama(llama_cpp.Llama):
             if held < n_past:
                 llama_cpp.llama_memory_seq_cp(mem, 0, s, held, -1)
         try:
-            self._decode(self._tree_batch.batch)
+            self._decode(self._tree_batch.batch, meanwhile)
         except RuntimeError:
             for s in range(1, n_seqs):
                 llama_cpp.llama_memory_seq_rm(mem, s, n_past, -1)

@@ -43,9 +43,9 @@ def step_breakdown(path, ngl, n_prompts=8, n_tokens=128):
     aded, plain = L.AdedLlama(path, persist=False, **common), llama_cpp.Llama(path, **common)
     by_size, decode = defaultdict(list), aded._decode
 
-    def timed(batch):
+    def timed(batch, meanwhile=None):
         t = time.perf_counter()
-        decode(batch)
+        decode(batch, meanwhile)
         by_size[int(batch.n_tokens)].append(time.perf_counter() - t)
     aded._decode = timed
     prompts = [plain.tokenize(p.encode(), add_bos=False, special=True) for p in PROMPTS[:n_prompts]]

@@ -267,11 +267,11 @@ def test_chat_ctrl_c_inside_decoding_drops_the_turn_and_recovers(aded, monkeypat
     calls = []
     real = aded._decode
 
-    def decode(batch):
+    def decode(batch, meanwhile=None):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(batch)
+        return real(batch, meanwhile)
     monkeypatch.setattr(aded, "_decode", decode)
     llm = Recorder(aded)
     question = "What is the capital of France?"

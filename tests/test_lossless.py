@@ -131,6 +131,37 @@ def test_auto_budget_drafts_on_repetitive_text_when_batches_are_cheap(plain, mod
     assert s.accepted > 0 and s.steps < s.generated / 2
 
 
+def test_learning_during_the_next_decode_keeps_output_and_lessons(plain, model_path, scorer):
+    """With layers on a GPU a step's learning (the matrix, the calibration's labels) runs while
+    the next tree is verified (llama_decode returns before the GPU is done). Forced on here: the
+    output stays the model's own, learning did run inside decodes, and after the consumer stops
+    early every tri-gram of the text is in the matrix, the last step's too (its learning had no
+    next decode to wait for and runs when the generation closes)."""
+    from aded_edge.budget import CostModel
+    from aded_edge.llama import AdedLlama
+    from conftest import LLAMA
+    llm = AdedLlama(model_path, **LLAMA, calibrate=False, persist=False, corpus=False)
+    llm.cost = CostModel([1, 65], [0.010, 0.012])   # flat: a tree on every step
+    llm._overlap = True
+    overlapped, decode = [], llm._decode
+    llm._decode = lambda batch, meanwhile=None: (overlapped.append(meanwhile is not None), decode(batch, meanwhile))[1]
+    for text in (PROMPTS[16], PROMPTS[18]):
+        prompt = tokens_of(plain, text)
+        got = []
+        for tok in llm.generate(prompt, temp=0.0):
+            got.append(tok)
+            if len(got) == 40:
+                break
+        assert_greedy_throughout(scorer, prompt, got, repr(text[:40]))
+        if BATCH_INVARIANT:
+            assert got == first_n(plain.generate(prompt, temp=0.0), 40)
+        seq = prompt + got
+        missing = [tuple(seq[i - 2:i + 1]) for i in range(2, len(seq))
+                   if seq[i] not in llm.matrix.successors(seq[i - 2], seq[i - 1])[0].tolist()]
+        assert not missing, f"tri-grams the matrix did not learn: {missing}"
+    assert sum(overlapped) > 10
+
+
 def test_fixed_shape_verification_matches_plain(plain, model_path, scorer):
     """verify_batch=8 (what a CUDA GPU gets automatically): every step is one decode of exactly
     8 rows with 8 outputs and every sequence id, the idle rows in spare sequences that no branch
@@ -144,12 +175,12 @@ def test_fixed_shape_verification_matches_plain(plain, model_path, scorer):
     mem, spare = llama_cpp.llama_get_memory(llm._ctx.ctx), llm._tree_batch.spare
     rows, shapes, decode = [], set(), llm._decode
 
-    def recorded(batch):   # the batch's size, and whether the spare id holds the prefix and no padding
+    def recorded(batch, meanwhile=None):   # the batch size; does the spare id hold the prefix, no padding?
         rows.append((batch.n_tokens, llama_cpp.llama_memory_seq_pos_max(mem, spare)
                      == llama_cpp.llama_memory_seq_pos_max(mem, 0)))
         tb, n = llm._tree_batch, batch.n_tokens   # what llama.cpp's graph reuse compares: outputs, ids
         shapes.add((int(tb.logits[:n].sum()), len({int(x) for r in range(n) for x in tb.seq[r, :tb.n_seq[r]]})))
-        return decode(batch)
+        return decode(batch, meanwhile)
     llm._decode = recorded
     accepted = 0
     for text in PROMPTS[:6]:

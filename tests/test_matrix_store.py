@@ -96,7 +96,7 @@ def test_a_disturbed_cost_calibration_is_used_but_never_cached(model_path, cache
 def test_cost_calibration_measures_every_size_in_rounds(model_path, cache):
     llm = _llm(model_path, persist=False)
     decoded, decode = [], llm._decode
-    llm._decode = lambda batch: (decoded.append(batch.n_tokens), decode(batch))
+    llm._decode = lambda batch, meanwhile=None: (decoded.append(batch.n_tokens), decode(batch, meanwhile))
     sizes, seconds, spread, switch = llm.measure_costs(sizes=[1, 2, 4, 1000], repeats=2)
     # warm-up, then per round: every size above 1 once, then a small tree and a run of one-token
     # decodes (the median of the run after its first is size 1's time, the first minus it the switch)
