@@ -214,7 +214,10 @@ class ContextLookup:
     tokens of the point the copy's source has reached. The edit itself is remembered (source
     tokens -> written tokens, or tokens inserted after a source token) and applied to the copies
     that follow: a renamed variable or a re-indented block is then drafted as the text will
-    write it. An edit the text does not make again where the copy meets it is forgotten."""
+    write it. An edit the text does not make again where the copy meets it is forgotten. A copy
+    the text is following goes on unless another occurrence matches the text's end for longer
+    than the text has followed it: a re-indented line ends like the answer's own line before it,
+    whose continuation is the wrong one."""
 
     def __init__(self, tokens=(), min_order: int = 1):
         if min_order not in (1, 2, 3):
@@ -331,9 +334,12 @@ class ContextLookup:
         if n <= 0 or len(t) < 3:
             return [], 0
         found = self._after.get((t[-3], t[-2], t[-1]))
+        following = self._confirmed >= RESYNC_AFTER and self._run >= FOLLOW_RUN
         if found:
             at, order = max(reversed(found), key=self._match), 3  # longest match; reversed: the latest wins ties
-        elif self._confirmed >= RESYNC_AFTER and self._run >= FOLLOW_RUN:  # on its copy: go on
+            if following and at != self._src and self._match(at) < min(self._run, MATCH_CAP):
+                at, order = self._src, 2   # the copy it follows (edits applied) has matched longer
+        elif following:  # on its copy: go on
             at, order = self._src, 2
         elif self._confirmed >= RESYNC_AFTER:
             at, order = self._resync()

@@ -253,6 +253,24 @@ def test_context_lookup_applies_the_edits_the_text_makes_to_its_later_copies():
     assert lookup.chain(3)[0] == [20, 19, 30]         # ... and is not any more
 
 
+def test_context_lookup_keeps_the_copy_it_follows_over_a_shorter_match_in_its_own_text():
+    """A re-indented copy: each of the answer's lines ends like its last one (9 50, then the new
+    indent 70), so the answer's own earlier line matches its last three tokens; the copy the
+    answer has followed, edit applied, for longer than that match goes on to the next line."""
+    from aded_edge.draft import ContextLookup
+    head = [1, 2, 3, 4, 5, 6]
+    source = head + [9, 50, 60, 21, 22, 23, 24, 9, 50, 60, 31, 32, 33, 34, 9, 50, 60, 41, 42, 43, 44, 8]
+    out = [70 if x == 60 else x for x in source]
+    chains = _drafted_chains(ContextLookup(source + [7]), out)
+    second, third = out.index(31), out.index(41)
+    assert chains[second][:2] == [31, 32] and chains[third][:2] == [41, 42]
+    # a longer match elsewhere still wins: the answer repeats its own first line, not the input
+    lookup = ContextLookup(source + [7])
+    _drafted_chains(lookup, out[:second])
+    lookup.extend([21, 22, 23, 24, 9, 50, 70])       # line 1 again, as the answer wrote it
+    assert lookup.chain(2)[0] == [21, 22]
+
+
 def test_chain_first_with_weights_fronts_the_chain_of_largest_summed_weight():
     from aded_edge.draft import chain_first
     # root children 0 (weight .9, a leaf) and 1 (.6, with a chain 2 -> 3 of .5 and .5 below it)
