@@ -118,7 +118,7 @@ class AdedLlama(llama_cpp.Llama):
         self._pad = 0
         # layers on a GPU: llama_decode returns before the GPU is done, and a step's learning
         # runs in that time instead of between the decodes (see _decode)
-        self._overlap = kwargs.get("n_gpu_layers", 0) != 0
+        self._overlap = kwargs.get("n_gpu_layers", 0) != 0 and llama_cpp.llama_supports_gpu_offload()
         if not self._model_reason:
             self._pad = self._verify_batch(kwargs)
             # padded: trees leave at least one idle row, which carries the ids no branch uses
@@ -491,10 +491,10 @@ class AdedLlama(llama_cpp.Llama):
     def _verify(self, tree: DraftTree, pending: list, n_past: int, meanwhile=None) -> int:
         """One llama_decode of the pending tokens and the tree, running meanwhile() (if given)
         while the backend works; returns the number of sequence ids the batch used (a padded
-        batch: all of them). Between steps every id holds a prefix of
-        sequence 0 (_commit); each id the batch uses is first brought up to the whole prefix, by
-        copying the cells committed since it last took part: a copy's cost follows the cells it
-        adds, so a branch costs a few cells a step, not the whole context."""
+        batch: all of them). Between steps every id holds a prefix of sequence 0 (_commit); each
+        id the batch uses is first brought up to the whole prefix by copying the cells committed
+        since it last took part: a copy's cost follows the cells it adds, so a branch costs a few
+        cells a step, not the whole context."""
         pad = self._pad > 0 and self._n_ctx - n_past >= self._pad   # padding rows need free cells
         n_leaves = self._tree_batch.fill(pending, tree, n_past, pad)
         n_seqs = self._tree_batch.spare + 1 if pad else n_leaves

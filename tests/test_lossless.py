@@ -197,12 +197,16 @@ def test_fixed_shape_verification_matches_plain(plain, model_path, scorer):
 
 
 def test_fixed_shape_verification_is_off_on_a_cpu_build(model_path):
+    """-ngl on a build without GPU offload: no padded batches, and the learning is not put off
+    until the next decode (which would run synchronously on the CPU anyway)."""
+    import llama_cpp
     from aded_edge.llama import AdedLlama, system_info
-    if "CUDA" in system_info():
-        pytest.skip("a CUDA build")
+    if "CUDA" in system_info() or llama_cpp.llama_supports_gpu_offload():
+        pytest.skip("a GPU build")
     from conftest import LLAMA
     llm = AdedLlama(model_path, **{**LLAMA, "n_gpu_layers": -1}, calibrate=False, persist=False)
     assert llm._pad == 0 and llm._max_nodes == llm.draft_config.max_nodes
+    assert not llm._overlap
 
 
 @exact
