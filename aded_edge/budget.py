@@ -15,7 +15,7 @@ from numba import njit
 from collections import deque
 
 from .config import DraftConfig
-from .draft import DraftTree, build_draft, chain_first, top_successor, with_copy_chain
+from .draft import DraftTree, build_draft, chain_first, probe_tree, with_copy_chain
 
 # reach-probability bin edges of the calibration table (finer near 0 and 1)
 P_EDGES = np.array([0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0001])
@@ -361,10 +361,9 @@ def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, c
     else:
         chain, order = lookup.chain(min(max_depth, cfg.copy_depth)) if lookup is not None else ([], 0)
         if auto:  # q never rises from parent to child: if no first token can pay, no tree can
-            probe = with_copy_chain(top_successor(matrix, history[-2:]), chain, order)
-            first = probe.depth == 1
-            if not first.any() or (calibrator.predict(probe)[first].max() * trust
-                                   <= pay_threshold(cost, max_nodes, cfg.min_gain)):
+            probe = probe_tree(matrix, history[-2:], chain, order)   # (its best q is a first token's)
+            if not len(probe) or (calibrator.predict(probe).max() * trust
+                                  <= pay_threshold(cost, max_nodes, cfg.min_gain)):
                 return probe, probe.head(0), 0.0
         sims = calibrator.search_sims(cfg) if auto else cfg.n_simulations
         full = build_draft(matrix, history[-2:], cfg, max_nodes=max_nodes, max_depth=max_depth, n_simulations=sims)

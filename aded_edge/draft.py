@@ -356,6 +356,38 @@ class ContextLookup:
         return [x for x, _, _ in self._plan], order
 
 
+@njit(cache=True)
+def _hang_chain(tokens, parents, depth, prob, visits, seen, copied, chain, order):
+    """with_copy_chain's arrays: the tree's own, then a node per chain token not already on the path."""
+    n = tokens.shape[0]
+    path = np.empty(chain.shape[0], np.int64)   # node of each chain token
+    parent, k = -1, 0
+    for d in range(chain.shape[0]):
+        hit = -1
+        if parent < n:  # still inside the existing tree: look for the child carrying the token
+            for i in range(n):
+                if parents[i] == parent and tokens[i] == chain[d]:
+                    hit = i
+                    break
+        if hit < 0:
+            hit = n + k
+            k += 1
+        path[d] = hit
+        parent = hit
+    out = (np.empty(n + k, np.int32), np.empty(n + k, np.int32), np.empty(n + k, np.int32),
+           np.empty(n + k, np.float32), np.empty(n + k, np.int32), np.empty(n + k, np.uint8),
+           np.empty(n + k, np.uint8))
+    out[0][:n], out[1][:n], out[2][:n], out[3][:n] = tokens, parents, depth, prob
+    out[4][:n], out[5][:n], out[6][:n] = visits, seen, copied
+    for d in range(chain.shape[0]):
+        j = path[d]
+        out[6][j] = order
+        if j >= n:  # a new node: no matrix kind (seen = 2), probability 1, one visit
+            out[0][j], out[1][j], out[2][j] = chain[d], path[d - 1] if d > 0 else -1, d + 1
+            out[3][j], out[4][j], out[5][j] = 1.0, 1, 2
+    return out
+
+
 def with_copy_chain(tree: DraftTree, chain, order: int = 3) -> DraftTree:
     """The tree with the chain (found by an n-gram of `order` tokens) hung below the root: nodes
     already on its path keep their matrix kind and are marked copied = order, the rest appended
@@ -363,41 +395,27 @@ def with_copy_chain(tree: DraftTree, chain, order: int = 3) -> DraftTree:
     how often each kind of copy is right."""
     if not len(chain):
         return tree
-    copied = tree.copied.copy()
-    new_tok, new_par, new_dep = [], [], []
-    parent, n = -1, len(tree)
-    for d, tok in enumerate(chain, start=1):
-        if parent < n:  # still inside the existing tree: look for the child carrying tok
-            hit = np.flatnonzero((tree.parents == parent) & (tree.tokens == tok))
-            if hit.size:
-                parent = int(hit[0])
-                copied[parent] = order
-                continue
-        new_tok.append(tok)
-        new_par.append(parent)
-        new_dep.append(d)
-        parent = n + len(new_tok) - 1
-    k = len(new_tok)
-    if k == 0:
-        return DraftTree(tree.tokens, tree.parents, tree.depth, tree.prob, tree.visits, tree.seen, copied)
-    return DraftTree(np.concatenate([tree.tokens, np.array(new_tok, np.int32)]),
-                     np.concatenate([tree.parents, np.array(new_par, np.int32)]),
-                     np.concatenate([tree.depth, np.array(new_dep, np.int32)]),
-                     np.concatenate([tree.prob, np.ones(k, np.float32)]),
-                     np.concatenate([tree.visits, np.ones(k, np.int32)]),
-                     np.concatenate([tree.seen, np.full(k, 2, np.uint8)]),
-                     np.concatenate([copied, np.full(k, order, np.uint8)]))
+    return DraftTree(*_hang_chain(tree.tokens, tree.parents, tree.depth, tree.prob, tree.visits, tree.seen,
+                                  tree.copied, np.asarray(chain, np.int32), order))
 
 
-def top_successor(matrix: TrigramMatrix, context) -> DraftTree:
-    """A one-node tree: the matrix's most likely next token after context (empty when the
-    matrix knows nothing about it). A cheap probe before deciding whether to search at all."""
-    best = matrix.top1(int(context[-2]) if len(context) >= 2 else -1, int(context[-1]))
-    if best is None:
-        return DraftTree.empty()
-    one = np.ones(1, np.int32)
-    return DraftTree(np.array([best[0]], np.int32), np.full(1, -1, np.int32), one, np.array([best[1]], np.float32),
-                     one, np.array([best[2]], np.uint8))
+@njit(cache=True)
+def _probe(a, b, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob, s_index, chain, order):
+    one_tok, one_p, one_seen = np.empty(1, np.int32), np.empty(1, np.float32), np.zeros(1, np.uint8)
+    m = _successors(a, b, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob, s_index,
+                    1, one_tok, one_p, one_seen)
+    return _hang_chain(one_tok[:m], np.full(m, -1, np.int32), np.ones(m, np.int32), one_p[:m],
+                       np.ones(m, np.int32), one_seen[:m], np.zeros(m, np.uint8), chain, order)
+
+
+def probe_tree(matrix: TrigramMatrix, context, chain=(), order: int = 3) -> DraftTree:
+    """The matrix's most likely next token after context (none when the matrix knows nothing
+    about it) with the copy chain hung below the root, as with_copy_chain does: the cheap probe
+    before deciding whether to search at all, in one kernel call (a step that drafts nothing
+    pays little more than plain decoding)."""
+    a = int(context[-2]) if len(context) >= 2 else -1
+    return DraftTree(*_probe(a, int(context[-1]), matrix.n_vocab, *matrix.kernel_arrays(),
+                             np.asarray(chain, np.int32), order))
 
 
 @njit(cache=True)

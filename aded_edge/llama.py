@@ -68,6 +68,10 @@ class TreeBatch:
         so each padded batch holds all n_seq ids. Every id the batch uses must hold exactly the
         prefix (AdedLlama._verify). Returns the number of sequence ids of the tree."""
         r, n = len(pending), len(tree)
+        if n == 0 and r == 1 and not pad:   # a plain step (drafts did not pay): one row, sequence 0
+            self.token[0], self.pos[0], self.seq[0, 0], self.n_seq[0], self.logits[0] = pending[0], n_past, 0, 1, 1
+            self.batch.n_tokens = 1
+            return 1
         self.token[:r] = pending
         self.pos[:r] = np.arange(n_past, n_past + r)
         self.token[r:r + n] = tree.tokens
@@ -498,7 +502,7 @@ class AdedLlama(llama_cpp.Llama):
         pad = self._pad > 0 and self._n_ctx - n_past >= self._pad   # padding rows need free cells
         n_leaves = self._tree_batch.fill(pending, tree, n_past, pad)
         n_seqs = self._tree_batch.spare + 1 if pad else n_leaves
-        mem = llama_cpp.llama_get_memory(self._ctx.ctx)
+        mem = llama_cpp.llama_get_memory(self._ctx.ctx) if n_seqs > 1 else None
         for s in range(1, n_seqs):
             held = llama_cpp.llama_memory_seq_pos_max(mem, s) + 1
             if held < n_past:
@@ -529,6 +533,8 @@ class AdedLlama(llama_cpp.Llama):
         """Leave exactly the pending tokens and the kept chain nodes after the prefix, as sequence 0;
         every other id of the batch (n_seqs of them) keeps the prefix only. Each removal and copy
         starts at n_past: its cost follows the cells of this step, not the context."""
+        if self._tree_batch.batch.n_tokens == n_pending:   # the batch held the pending tokens alone
+            return
         mem = llama_cpp.llama_get_memory(self._ctx.ctx)
         s = int(self._tree_batch.seq[n_pending + kept[-1], 0]) if kept else 0
         for t in range(n_seqs):

@@ -308,3 +308,21 @@ def test_copy_chain_is_merged_into_the_tree_as_a_valid_tree():
     assert (merged.copied[off] == 0).all() and (merged.seen[:len(tree)] == tree.seen).all()
     assert (merged.tokens[:len(tree)] == tree.tokens).all()
     assert with_copy_chain(tree, []) is tree
+
+
+def test_probe_is_the_matrix_best_guess_with_the_copy_chain_hung_below_the_root():
+    from aded_edge.draft import probe_tree, with_copy_chain
+    m, stream = random_matrix(5)
+    fields = ("tokens", "parents", "depth", "prob", "visits", "seen", "copied")
+    for i in range(40):
+        context = stream[i * 7:i * 7 + 2]
+        best = m.top1(*context)
+        one = DraftTree.empty() if best is None else DraftTree(
+            np.array([best[0]], np.int32), np.array([-1], np.int32), np.ones(1, np.int32),
+            np.array([best[1]], np.float32), np.ones(1, np.int32), np.array([best[2]], np.uint8))
+        for chain, order in (([], 0), ([best[0] if best else 1, 4, 5], 3), ([9, 8], 1)):
+            probe, expected = probe_tree(m, context, chain, order), with_copy_chain(one, chain, order)
+            for f in fields:
+                assert np.array_equal(getattr(probe, f), getattr(expected, f)), (i, chain, f)
+    assert len(probe_tree(TrigramMatrix(60), [1, 2])) == 0            # an empty matrix guesses nothing
+    assert probe_tree(TrigramMatrix(60), [1, 2], [7, 8], 2).tokens.tolist() == [7, 8]
