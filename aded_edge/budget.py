@@ -15,7 +15,7 @@ from numba import njit
 from collections import deque
 
 from .config import DraftConfig
-from .draft import DraftTree, build_draft, chain_first, probe_tree, with_copy_chain
+from .draft import DraftTree, _take, build_draft, chain_first, probe_tree, with_copy_chain
 
 # reach-probability bin edges of the calibration table (finer near 0 and 1)
 P_EDGES = np.array([0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0001])
@@ -116,9 +116,11 @@ def _best_size(q, table, overhead, min_q, min_gain, extra):
 
 
 @njit(cache=True)
-def _order(q, depth):
-    """Node order by q descending, shallower first on ties, else original order (stable)."""
-    return np.argsort(-q + 1e-9 * depth, kind="mergesort")
+def _order(q, tokens, parents, depth, prob, visits, seen, copied):
+    """The tree's arrays and q in node order by q descending, shallower first on ties, else
+    original order (stable)."""
+    order = np.argsort(-q + 1e-9 * depth, kind="mergesort")
+    return _take(order, tokens, parents, depth, prob, visits, seen, copied), q[order]
 
 
 @njit(cache=True)
@@ -330,8 +332,8 @@ class ReachCalibrator:
 def order_by(tree: DraftTree, q: np.ndarray):
     """Tree and q reordered by q descending (shallower first on ties): every prefix is a tree
     because q never rises from parent to child."""
-    order = _order(q, tree.depth)
-    return tree.take(order), q[order]
+    fields, q = _order(q, *tree.fields())
+    return DraftTree(*fields), q
 
 
 def pay_threshold(cost: CostModel, max_k: int = 64, min_gain: float = 0.0) -> float:

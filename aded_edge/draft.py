@@ -45,17 +45,28 @@ class DraftTree:
     def take(self, order) -> "DraftTree":
         """The nodes in a new order (a permutation that keeps parents before children), with the
         parent indices renumbered."""
-        order = np.asarray(order, dtype=np.int64)
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(order.size)
-        parents = np.where(self.parents[order] >= 0, inverse[np.maximum(self.parents[order], 0)], -1)
-        return DraftTree(self.tokens[order], parents.astype(np.int32), self.depth[order], self.prob[order],
-                         self.visits[order], self.seen[order], self.copied[order])
+        return DraftTree(*_take(np.asarray(order, dtype=np.int64), *self.fields()))
+
+    def fields(self) -> tuple:
+        """The arrays in constructor order (what the kernels that build trees take and return)."""
+        return self.tokens, self.parents, self.depth, self.prob, self.visits, self.seen, self.copied
 
     @staticmethod
     def empty() -> "DraftTree":
         z = np.empty(0, np.int32)
         return DraftTree(z, z, z, np.empty(0, np.float32), z)
+
+
+@njit(cache=True)
+def _take(order, tokens, parents, depth, prob, visits, seen, copied):
+    """DraftTree.take's arrays: nodes in the given order, parent indices renumbered."""
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(order.size)
+    par = parents[order]
+    for i in range(par.size):
+        if par[i] >= 0:
+            par[i] = inverse[par[i]]
+    return tokens[order], par, depth[order], prob[order], visits[order], seen[order], copied[order]
 
 
 @njit(cache=True)
@@ -395,8 +406,7 @@ def with_copy_chain(tree: DraftTree, chain, order: int = 3) -> DraftTree:
     how often each kind of copy is right."""
     if not len(chain):
         return tree
-    return DraftTree(*_hang_chain(tree.tokens, tree.parents, tree.depth, tree.prob, tree.visits, tree.seen,
-                                  tree.copied, np.asarray(chain, np.int32), order))
+    return DraftTree(*_hang_chain(*tree.fields(), np.asarray(chain, np.int32), order))
 
 
 @njit(cache=True)

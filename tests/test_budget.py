@@ -174,6 +174,17 @@ def test_order_by_keeps_every_prefix_a_tree():
             assert t.depth[i] == t.depth[t.parents[i]] + 1
     assert sorted(zip(t.tokens.tolist(), t.depth.tolist())) == sorted(zip(tree.tokens.tolist(), tree.depth.tolist()))
 
+    def paths(tr):   # every node as its tokens from the root, with its kind and probability
+        out = []
+        for i in range(len(tr)):
+            path, j = [], i
+            while j >= 0:
+                path.append(int(tr.tokens[j]))
+                j = int(tr.parents[j])
+            out.append((tuple(path[::-1]), float(tr.prob[i]), int(tr.seen[i]), int(tr.visits[i])))
+        return sorted(out)
+    assert paths(t) == paths(tree)                         # the same tree, renumbered
+
 
 def test_pay_threshold_follows_the_cost_curve():
     from aded_edge.budget import pay_threshold
