@@ -230,11 +230,12 @@ class ContextLookup:
     than the text has followed it: a re-indented line ends like the answer's own line before it,
     whose continuation is the wrong one."""
 
-    def __init__(self, tokens=(), min_order: int = 1):
+    def __init__(self, tokens=(), min_order: int = 1, ends=frozenset()):
         if min_order not in (1, 2, 3):
             raise ValueError("min_order must be 1, 2 or 3")
         self.tokens: list = []
         self.min_order = min_order
+        self.ends = frozenset(ends)  # a copy stops after these (end-of-generation and control tokens)
         self._after: dict = {}   # 3-gram -> indices of the tokens that followed its occurrences (oldest first)
         self._src = -1           # index of the next source token of the current copy (-1: none yet)
         self._confirmed = 0      # tokens of that copy the text has followed
@@ -364,6 +365,10 @@ class ContextLookup:
         if at != self._src:  # a new source (not the one the text is following): unconfirmed yet
             self._src, self._confirmed, self._since, self._run = at, 0, 0, 0
         self._plan = self._walk(at, n)
+        for i, (x, _, _) in enumerate(self._plan):
+            if x in self.ends:   # the input's end (a chat template's markers): the answer does not go on
+                del self._plan[i + 1:]
+                break
         return [x for x, _, _ in self._plan], order
 
 
@@ -421,8 +426,8 @@ def _probe(a, b, n_vocab, keys, rowof, succ, w, s_keys, s_ptr, s_succ, s_prob, s
 def probe_tree(matrix: TrigramMatrix, context, chain=(), order: int = 3) -> DraftTree:
     """The matrix's most likely next token after context (none when the matrix knows nothing
     about it) with the copy chain hung below the root, as with_copy_chain does: the cheap probe
-    before deciding whether to search at all, in one kernel call (a step that drafts nothing
-    pays little more than plain decoding)."""
+    before deciding whether to search at all. One kernel call: it runs every step, drafting or
+    not, after a decode has swept the caches, where each Python or Numba call costs microseconds."""
     a = int(context[-2]) if len(context) >= 2 else -1
     return DraftTree(*_probe(a, int(context[-1]), matrix.n_vocab, *matrix.kernel_arrays(),
                              np.asarray(chain, np.int32), order))

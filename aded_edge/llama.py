@@ -200,6 +200,15 @@ class AdedLlama(llama_cpp.Llama):
     def token_is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self._model.vocab, token))
 
+    def end_tokens(self) -> frozenset:
+        """End-of-generation and control tokens (a chat template's markers): a copy of the input
+        stops after one, since an answer that writes one ends or leaves the text it copies."""
+        if getattr(self, "_ends", None) is None:
+            vocab = self._model.vocab
+            self._ends = frozenset(t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)
+                                   or llama_cpp.llama_vocab_is_control(vocab, t))
+        return self._ends
+
     def vocab_fingerprint(self) -> str:
         """Hash of every token's text: a matrix is only valid for a vocabulary with this hash."""
         if getattr(self, "_fingerprint", None) is None:
@@ -399,7 +408,7 @@ class AdedLlama(llama_cpp.Llama):
         if stopping_criteria is not None and stopping_criteria(np.asarray(prompt, dtype=np.intc), self._logits_row(-1)):
             return
         history = list(prompt) + [first]  # every token emitted so far
-        lookup = ContextLookup(history, cfg.copy_ngram)   # the copy chain's index of it
+        lookup = ContextLookup(history, cfg.copy_ngram, self.end_tokens())   # the copy chain's index of it
         n_past = len(prompt)              # tokens in the KV cache (seq 0) = history[:n_past]
         stats.generated += 1
         yield first

@@ -62,7 +62,7 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
         matrix.update(prompt)
         calibrator.new_text()
         history = list(prompt) + truth[:1]   # the first token comes from the prompt pass
-        lookup = ContextLookup(history, config.copy_ngram)
+        lookup = ContextLookup(history, config.copy_ngram, rec.get("ends", ()))  # (older recordings: none)
         out = truth[:1]
         pending = 1                          # tokens emitted but not yet in the (simulated) KV cache
         while len(out) < len(truth):

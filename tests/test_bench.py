@@ -67,6 +67,7 @@ def test_tiny_bench_run_writes_consistent_report(model_path, tmp_path):
     assert "| math | aded | 1 |" in result["report"] and (tmp_path / "summary.md").exists()
     rec = [json.loads(l) for l in (tmp_path / "recorded.jsonl").read_text().splitlines()]
     assert len(rec) == 1 and rec[0]["output"] and rec[0]["n_vocab"] == 49152
+    assert 2 in rec[0]["ends"] and rec[0]["output"][0] not in rec[0]["ends"]   # (<|im_end|>: copies stop there)
     # the model-free replay of that recording reproduces it (replay asserts it) and reports sizes
     out = simulate(tmp_path / "recorded.jsonl", sizes=(0, 4))
     assert "| aded MCTS | context | 4 |" in out

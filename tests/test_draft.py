@@ -176,6 +176,17 @@ def test_context_lookup_finds_the_latest_earlier_occurrence_never_itself():
     assert lk2.chain(3) == ([5, 6, 7], 3)
 
 
+def test_a_copy_stops_after_an_end_token():
+    from aded_edge.draft import ContextLookup
+    end = 2                                  # e.g. <|im_end|>: the user's message ends, the template goes on
+    prompt = [1, 30, 31, 32, 33, 34, end, 40, 41, 42]
+    lk = ContextLookup(prompt + [30, 31, 32], ends={end, 1})
+    assert lk.chain(8) == ([33, 34, end], 3)         # the answer may end where its input did, not go on
+    assert ContextLookup(prompt + [30, 31, 32]).chain(8) == ([33, 34, end, 40, 41, 42, 30, 31], 3)
+    lk.extend([33])
+    assert lk.chain(8) == ([34, end], 3)
+
+
 def test_context_lookup_copies_the_occurrence_whose_preceding_text_matches_longest():
     from aded_edge.draft import ContextLookup
     text = [5, 1, 2, 3, 4, 4, 6, 1, 2, 3, 7, 7, 0, 5, 1, 2, 3]

@@ -261,6 +261,31 @@ def test_copies_carrying_edits_stay_lossless(plain, aded_tree, scorer, monkeypat
     assert edited and aded_tree.last_stats.accepted > 0
 
 
+def test_copies_of_the_input_stop_at_its_end(plain, aded_tree, scorer, monkeypatch):
+    """A chat answer that repeats the user's sentence meets the template's end-of-turn marker in
+    its input: the copy chain stops there (the answer ends or leaves its input), and the output is
+    still the model's own."""
+    from aded_edge.draft import ContextLookup
+    ends = aded_tree.end_tokens()
+    markers = tokens_of(plain, "<|im_start|><|im_end|>")
+    assert aded_tree.token_eos() in ends and set(markers) <= ends
+    assert not ends & set(tokens_of(plain, "The quick brown fox jumps over the lazy dog."))
+    chain, chains = ContextLookup.chain, []
+    def recorded(self, n):
+        got = chain(self, n)
+        chains.append(got[0])
+        return got
+    monkeypatch.setattr(ContextLookup, "chain", recorded)
+    msgs = [{"role": "user", "content": "Repeat this sentence exactly: The quick brown fox jumps over the lazy dog."}]
+    prompt = aded_tree.chat_tokens(msgs)
+    got = first_n(aded_tree.generate(prompt, temp=0.0), 32)
+    assert_greedy_throughout(scorer, prompt, got, "copying the input")
+    if BATCH_INVARIANT:
+        assert got == first_n(plain.generate(prompt, temp=0.0), 32)
+    assert any(c and c[-1] in ends for c in chains), "no copy reached the input's end: the stop was not exercised"
+    assert not [c for c in chains if any(t in ends for t in c[:-1])]   # nothing drafted after an end
+
+
 def test_rejected_nodes_teach_the_models_own_next_token(plain, aded_tree, scorer, monkeypatch):
     """After each verification the matrix also learns, for every draft node the model rejected,
     the token the model would write after that node (DraftConfig.adapt_rejected): each such token
