@@ -14,7 +14,7 @@ class DraftConfig:
     max_depth: int = 4          # deepest draft node (tokens after the pending one)
     top_k: int = 12             # successors kept per (t-2, t-1) pair, in the matrix and in the tree
     max_nodes: int = 64         # node budget of one draft tree (batch = nodes + 1)
-    copy_depth: int = 16        # longest copy chain from the context (draft.ContextLookup); 0: none
+    copy_depth: int = 32        # longest copy chain from the context (draft.ContextLookup); 0: none
     copy_ngram: int = 2         # shortest match (3, 2 or 1 tokens) resuming a copy after an edit (3: never)
     # --- adaptation of the tri-gram matrix while decoding ---
     adapt_increment: float = 0.5  # weight added to a tri-gram each time the context or output shows it

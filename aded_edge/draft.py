@@ -207,6 +207,7 @@ def build_draft(matrix: TrigramMatrix, context, config: DraftConfig, max_nodes: 
 COPY_CANDIDATES = 16  # latest occurrences of each 3-gram among which a copy source is chosen
 MATCH_CAP = 32        # tokens compared backwards when ranking them
 RESYNC_WINDOW = 16    # how far from where the last copy's source has got to a copy may resume
+FRESH_DEPTH = 8       # longest chain from a copy the text has not followed for RESYNC_AFTER tokens yet
 FOLLOW_RUN = 2        # tokens in a row the text must have followed for its copy to go on without a match
 RESYNC_AFTER = 4      # tokens of a copy the text must have followed before it may be resumed
 
@@ -364,6 +365,8 @@ class ContextLookup:
             return [], 0
         if at != self._src:  # a new source (not the one the text is following): unconfirmed yet
             self._src, self._confirmed, self._since, self._run = at, 0, 0, 0
+        if self._confirmed < RESYNC_AFTER:   # a bare match: a short copy until the text follows it
+            n = min(n, FRESH_DEPTH)
         self._plan = self._walk(at, n)
         for i, (x, _, _) in enumerate(self._plan):
             if x in self.ends:   # the input's end (a chat template's markers): the answer does not go on

@@ -187,6 +187,16 @@ def test_a_copy_stops_after_an_end_token():
     assert lk.chain(8) == ([34, end], 3)
 
 
+def test_a_copy_is_short_until_the_text_follows_it():
+    from aded_edge.draft import FRESH_DEPTH, RESYNC_AFTER, ContextLookup
+    source = list(range(100, 160))
+    lk = ContextLookup(source + [7] + source[:3])
+    assert lk.chain(32) == (source[3:3 + FRESH_DEPTH], 3)       # a bare 3-token match: a short chain
+    lk.extend(source[3:3 + RESYNC_AFTER])                       # the text follows it ...
+    at = 3 + RESYNC_AFTER
+    assert lk.chain(32) == (source[at:at + 32], 3)              # ... and is offered the whole copy depth
+
+
 def test_context_lookup_copies_the_occurrence_whose_preceding_text_matches_longest():
     from aded_edge.draft import ContextLookup
     text = [5, 1, 2, 3, 4, 4, 6, 1, 2, 3, 7, 7, 0, 5, 1, 2, 3]
