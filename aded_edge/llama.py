@@ -143,7 +143,7 @@ class AdedLlama(llama_cpp.Llama):
         scratch.update_grams(np.array([-1, 0]), [1, 0], [0, 1])
         calibrator, cost = ReachCalibrator(), CostModel([1, 2], [1.0, 1.0])
         for budget in ("fixed", "auto"):
-            for lookup in (None, ContextLookup(text)):
+            for lookup in (None, ContextLookup(text, ends=self.end_tokens())):   # (read once, at load)
                 full, tree, expected = draft_step(scratch, text, self.draft_config.replace(budget=budget, max_nodes=4),
                                                   calibrator, cost, 4, 2, lookup=lookup)
                 calibrator.observe(full, [0, 1])
