@@ -394,7 +394,6 @@ class TrigramMatrix:
     s_index: np.ndarray = field(default=None, repr=False)  # int32 hash slot -> static row, -1 empty (set_static)
 
     def __post_init__(self):
-        self._top1_buf = None
         if self.n_vocab <= 0 or self.n_vocab > 2_000_000:  # (V*V + b)*V + c must fit in int64
             raise ValueError("n_vocab must be in 1..2,000,000")
         if self.keys is None:
@@ -488,16 +487,6 @@ class TrigramMatrix:
         if seen:
             return out_tok[:n], out_p[:n], out_seen[:n].astype(bool)
         return out_tok[:n], out_p[:n]
-
-    def top1(self, a: int, b: int):
-        """(token, probability, seen in this context) of the best successor of (a, b), or None:
-        the per-step probe, without the validation and allocations of successors()."""
-        if self._top1_buf is None:
-            self._top1_buf = (np.empty(1, np.int32), np.empty(1, np.float32), np.zeros(1, np.uint8))
-        tok, p, seen = self._top1_buf
-        if _successors(a, b, self.n_vocab, *self.kernel_arrays(), 1, tok, p, seen) == 0:
-            return None
-        return int(tok[0]), float(p[0]), bool(seen[0])
 
     def kernel_arrays(self):
         """The arrays every drafting kernel takes, in kernel argument order."""

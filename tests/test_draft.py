@@ -337,11 +337,11 @@ def test_probe_is_the_matrix_best_guess_with_the_copy_chain_hung_below_the_root(
     fields = ("tokens", "parents", "depth", "prob", "visits", "seen", "copied")
     for i in range(40):
         context = stream[i * 7:i * 7 + 2]
-        best = m.top1(*context)
-        one = DraftTree.empty() if best is None else DraftTree(
-            np.array([best[0]], np.int32), np.array([-1], np.int32), np.ones(1, np.int32),
-            np.array([best[1]], np.float32), np.ones(1, np.int32), np.array([best[2]], np.uint8))
-        for chain, order in (([], 0), ([best[0] if best else 1, 4, 5], 3), ([9, 8], 1)):
+        tok, p, seen = m.successors(*context, top_k=1, seen=True)
+        n = len(tok)
+        one = DraftTree(tok, np.full(n, -1, np.int32), np.ones(n, np.int32), p, np.ones(n, np.int32),
+                        seen.astype(np.uint8))
+        for chain, order in (([], 0), ([int(tok[0]) if n else 1, 4, 5], 3), ([9, 8], 1)):
             probe, expected = probe_tree(m, context, chain, order), with_copy_chain(one, chain, order)
             for f in fields:
                 assert np.array_equal(getattr(probe, f), getattr(expected, f)), (i, chain, f)

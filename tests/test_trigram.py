@@ -4,6 +4,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from aded_edge.draft import probe_tree
 from aded_edge.trigram import BACKOFF, MatrixFileError, TrigramMatrix, count_static
 
 
@@ -151,12 +152,12 @@ def test_successors_fall_back_to_bigram_and_merge_static():
     assert probs.sum() == pytest.approx(1.0)
     full = TrigramMatrix(10, top_k=1)          # a row as wide as the adaptive rows gets no fill
     full.update([1, 2, 3, 5, 2, 4])
-    assert full.successors(1, 2)[0].tolist() == [3] and full.top1(1, 2)[1] == pytest.approx(1.0)
+    assert full.successors(1, 2)[0].tolist() == [3] and probe_tree(full, [1, 2]).prob[0] == pytest.approx(1.0)
 
 
 def test_probability_is_over_every_successor_whatever_top_k_asks():
     """P(successor | pair) does not depend on how many successors are asked for: the probe's
-    one-node tree (top1) and the MCTS rollouts (top_k = 1) get the chance the tree's expansion
+    one-node tree (draft.probe_tree) and the MCTS rollouts (top_k = 1) get the chance the tree's expansion
     gives the same node, so a bin of the reach calibration means one thing for all of them."""
     m = TrigramMatrix(10, top_k=4)
     m.update([1, 2, 3, 1, 2, 4, 1, 2, 3, 1, 2, 5])
@@ -165,8 +166,9 @@ def test_probability_is_over_every_successor_whatever_top_k_asks():
     for k in (1, 2):
         toks, probs = m.successors(1, 2, top_k=k)
         assert toks.tolist() == [3, 4][:k] and np.allclose(probs, [0.5, 0.25][:k])
-    assert m.top1(1, 2) == (3, pytest.approx(0.5), True)
-    assert m.top1(7, 2)[1] == pytest.approx(0.5)      # bigram fallback of 2: 3 twice in four
+    probe = probe_tree(m, [1, 2])
+    assert (probe.tokens.tolist(), probe.seen.tolist()) == ([3], [1]) and probe.prob[0] == pytest.approx(0.5)
+    assert probe_tree(m, [7, 2]).prob[0] == pytest.approx(0.5)      # bigram fallback of 2: 3 twice in four
 
 
 def naive_static(streams, v, top_k, min_count):
