@@ -299,12 +299,7 @@ class Skipped(Exception):
 
 def _non_default(draft) -> str:
     """The DraftConfig fields that differ from the defaults, as name=value (empty: none)."""
-    from .config import DraftConfig
-    if draft is None:
-        return ""
-    default = DraftConfig()
-    return ", ".join(f"{f.name}={getattr(draft, f.name)}" for f in dataclasses.fields(draft)
-                     if getattr(draft, f.name) != getattr(default, f.name))
+    return "" if draft is None else draft.changes()
 
 
 def make_system(name: str, path: str, common: dict, vocab: tuple[str, int] | None = None, draft=None):

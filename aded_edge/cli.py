@@ -700,17 +700,23 @@ def bench(model, workloads, per_workload, max_tokens, systems, seed, threads, n_
 @click.option("--costs", "costs_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Let the automatic budget choose each tree from this cost curve (bench's rows.jsonl or a "
                    "cached cost file) and estimate the speed-up it gives.")
-def simulate(recorded, sizes, corpus_path, costs_path):
+@click.option("--set", "settings", multiple=True, metavar="NAME=VALUE",
+              help="Replay with this drafting setting changed (a DraftConfig field, e.g. min_gain=0.1, "
+                   "copy_depth=16); repeatable. Compare against a run without it.")
+@click.option("--by-workload", is_flag=True, help="Also one row per workload of the recording.")
+def simulate(recorded, sizes, corpus_path, costs_path, settings, by_workload):
     """Replay RECORDED plain output (bench's recorded.jsonl) through the drafter, no model:
     tokens per step and drafting time per token for each tree size."""
-    from .simulate import simulate as run_simulation
+    from .simulate import config_with, simulate as run_simulation
     try:
         ns = [int(x) for x in sizes.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"--sizes must be comma-separated integers, got {sizes!r}") from None
     if not ns or min(ns) < 0 or max(ns) > 255:
         raise UserError("--sizes must be in 0..255")
-    click.echo(run_simulation(recorded, sizes=ns, corpus=corpus_path, costs=costs_path))
+    config = config_with(settings)
+    click.echo(run_simulation(recorded, sizes=ns, config=config, corpus=corpus_path, costs=costs_path,
+                              by_workload=by_workload))
 
 
 def main(argv=None) -> int:

@@ -55,3 +55,9 @@ class DraftConfig:
 
     def replace(self, **changes) -> "DraftConfig":
         return dataclasses.replace(self, **changes)
+
+    def changes(self) -> str:
+        """The fields that differ from the defaults, as "name=value, ..." (empty: none)."""
+        default = DraftConfig()
+        return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
+                         if getattr(self, f.name) != getattr(default, f.name))

@@ -10,6 +10,7 @@ decoding can draft better than replay says.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -103,6 +104,30 @@ def _summary(c: dict, nodes: int, cost: CostModel) -> dict:
                 est_speedup=plain_s / max(c["verify_s"] + c["draft_s"], 1e-12))
 
 
+def config_with(settings, config: DraftConfig | None = None) -> DraftConfig:
+    """A DraftConfig with NAME=VALUE settings applied (each value parsed as the field's type);
+    ValueError naming the problem for an unknown field or a bad value."""
+    config = config or DraftConfig()
+    fields = {f.name: type(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    changes = {}
+    for item in settings:
+        name, sep, value = str(item).partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in fields:
+            raise ValueError(f"--set needs NAME=VALUE with NAME one of {', '.join(fields)}; got {item!r}")
+        kind = fields[name]
+        try:
+            if kind is bool:
+                if value.strip().lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                changes[name] = value.strip().lower() in ("true", "1")
+            else:
+                changes[name] = kind(value.strip())
+        except ValueError:
+            raise ValueError(f"--set {name}: {value!r} is not a valid {kind.__name__}") from None
+    return config.replace(**changes)   # (DraftConfig checks the ranges)
+
+
 def load_costs(path) -> CostModel:
     """The cost curve of a bench run (rows.jsonl header) or of a cached calibration file."""
     text = Path(path).read_text()
@@ -115,20 +140,24 @@ def load_costs(path) -> CostModel:
 
 
 def simulate(path, n_vocab: int | None = None, sizes=(1, 2, 4, 8, 16, 32, 64), config: DraftConfig | None = None,
-             corpus=None, costs=None) -> str:
+             corpus=None, costs=None, by_workload: bool = False) -> str:
     """Markdown table of the replay at each tree size, with the context matrix alone and, when a
     corpus matrix file is given, with it merged in; with a cost curve, the automatic budget
-    chooses the trees (up to each size) and the estimated speed-up over plain decoding is shown."""
+    chooses the trees (up to each size) and the estimated speed-up over plain decoding is shown.
+    `config`: the drafting settings replayed (default: DraftConfig()); `by_workload`: one more row
+    per workload of the recording under each total row."""
     recorded = load_recorded(path)
     n_vocab = n_vocab or max(int(r.get("n_vocab", 0)) for r in recorded) or None
     if not n_vocab:
         raise ValueError(f"{path}: no n_vocab recorded; pass the model's vocabulary size")
     config = config or DraftConfig()
     cost = load_costs(costs) if costs else None
+    changed = config.changes()
     lines = [f"replay of {len(recorded)} recorded generations ({sum(len(r['output']) for r in recorded)} tokens), "
              f"model-free; every replay reproduced its recording"
              + (f"; budget: auto on the cost curve of {costs} (est. speed-up = plain decode time from the "
-                f"curve / (verify time from the curve + measured drafting time))" if cost else "; budget: fixed"),
+                f"curve / (verify time from the curve + measured drafting time))" if cost else "; budget: fixed")
+             + (f"; drafting settings changed: {changed}" if changed else ""),
              "| drafter | matrix | nodes | tokens/step | accepted/drafted | draft us/token | est. speed-up |",
              "|---|---|---|---|---|---|---|"]
     variants = [("context", None)]
@@ -138,7 +167,9 @@ def simulate(path, n_vocab: int | None = None, sizes=(1, 2, 4, 8, 16, 32, 64), c
     for n in sizes:
         for name, static in variants:
             r = replay(recorded, n_vocab, config, n, static, cost=cost)
-            speed = f"{r['est_speedup']:.2f}x" if cost else "-"
-            lines.append(f"| aded MCTS | {name} | {n} | {r['tokens_per_step']:.2f} | {r['accepted']}/{r['drafted']} | "
-                         f"{r['draft_us_per_token']:.1f} | {speed} |")
+            parts = [(name, r)] + ([(f"{name}: {w}", c) for w, c in r["by_workload"].items()] if by_workload else [])
+            for label, c in parts:
+                speed = f"{c['est_speedup']:.3f}x" if cost else "-"
+                lines.append(f"| aded MCTS | {label} | {n} | {c['tokens_per_step']:.2f} | {c['accepted']}/{c['drafted']} | "
+                             f"{c['draft_us_per_token']:.1f} | {speed} |")
     return "\n".join(lines)
