@@ -409,7 +409,8 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
         ref = results["plain"]
         ref_text = base.detokenize(ref.tokens).decode("utf-8", errors="replace")
         recorded.append(dict(workload=p["workload"], id=p["id"], n_vocab=base.n_vocab(), prompt=tokens,
-                             output=ref.tokens, ends=sorted(base.end_tokens())))
+                             output=ref.tokens, ends=sorted(base.end_tokens()),
+                             indents=sorted(base.indent_tokens().items())))
         for s, r in results.items():
             st = r.stats
             rows.append(dict(workload=p["workload"], id=p["id"], system=s, prompt_tokens=len(tokens),

@@ -212,6 +212,24 @@ FOLLOW_RUN = 2        # tokens in a row the text must have followed for its copy
 RESYNC_AFTER = 4      # tokens of a copy the text must have followed before it may be resumed
 
 
+def indent_class(piece: bytes) -> int:
+    """The class of an indentation token in ContextLookup's keys: a token of whitespace only with
+    at least one space or tab, by its number of line breaks (-1: none, -2: one, ...); 0 for any
+    other token. Re-indenting changes "    " into "        " or, in vocabularies that merge a
+    line break with the indentation after it, "\\n    " into "\\n        "."""
+    if not piece or piece.strip(b" \t\r\n") or not piece.strip(b"\r\n"):
+        return 0
+    return -1 - piece.count(b"\n")
+
+
+def _remember(index: dict, key: tuple, at: int) -> None:
+    """Add occurrence `at` under key, keeping the latest COPY_CANDIDATES."""
+    seen = index.setdefault(key, [])
+    seen.append(at)
+    if len(seen) > COPY_CANDIDATES:
+        del seen[0]
+
+
 class ContextLookup:
     """Where each token 3-gram occurred in the text. Input-grounded work (editing, fixing,
     quoting) repeats its input: what followed an earlier occurrence of the text's last three
@@ -229,15 +247,25 @@ class ContextLookup:
     write it. An edit the text does not make again where the copy meets it is forgotten. A copy
     the text is following goes on unless another occurrence matches the text's end for longer
     than the text has followed it: a re-indented line ends like the answer's own line before it,
-    whose continuation is the wrong one."""
+    whose continuation is the wrong one.
 
-    def __init__(self, tokens=(), min_order: int = 1, ends=frozenset()):
+    `indents` (token -> class: the vocabulary's indentation tokens, see indent_class): a
+    re-indented line's first three tokens differ from its source's only in an indentation token,
+    so where the text's last three tokens occurred nowhere, an occurrence that differs from them
+    only in indentation tokens of the same class is copied, and the text's indentation is learnt
+    as an edit of the source's (applied to the lines that follow). Comparisons of how long an
+    occurrence matches the text also count indentation tokens of one class as equal."""
+
+    def __init__(self, tokens=(), min_order: int = 1, ends=frozenset(), indents=None):
         if min_order not in (1, 2, 3):
             raise ValueError("min_order must be 1, 2 or 3")
         self.tokens: list = []
         self.min_order = min_order
         self.ends = frozenset(ends)  # a copy stops after these (end-of-generation and control tokens)
+        self.indents = dict(indents or {})  # indentation token -> its class (a negative id)
+        self._keys: list = []    # the tokens with every indentation token replaced by its class
         self._after: dict = {}   # 3-gram -> indices of the tokens that followed its occurrences (oldest first)
+        self._after_keys: dict = {}  # the same for 3-grams of self._keys (only with indents)
         self._src = -1           # index of the next source token of the current copy (-1: none yet)
         self._confirmed = 0      # tokens of that copy the text has followed
         self._since = 0          # tokens written since the text last followed it
@@ -250,16 +278,16 @@ class ContextLookup:
         self.extend(tokens)
 
     def extend(self, tokens) -> None:
-        t, after = self.tokens, self._after
+        t, k, indents = self.tokens, self._keys, self.indents
         for x in tokens:
             x = int(x)
             self._follow(x)
             if len(t) >= 3:  # the 3-gram ending at the current last token gets its successor now, so
-                seen = after.setdefault((t[-3], t[-2], t[-1]), [])  # the text's own suffix never matches itself
-                seen.append(len(t))
-                if len(seen) > COPY_CANDIDATES:
-                    del seen[0]
+                _remember(self._after, (t[-3], t[-2], t[-1]), len(t))   # the text's own suffix never matches itself
+                if indents:
+                    _remember(self._after_keys, (k[-3], k[-2], k[-1]), len(t))
             t.append(x)
+            k.append(indents.get(x, x))
 
     def _follow(self, x: int) -> None:
         """Track whether the text, about to get token x, goes on with its copy: the last chain
@@ -296,8 +324,9 @@ class ContextLookup:
             self._ins[t[src_from - 1]] = new
 
     def _match(self, at: int) -> int:
-        """How many tokens before index `at` equal the text's last ones (at most MATCH_CAP)."""
-        t, end, k = self.tokens, len(self.tokens), 0
+        """How many tokens before index `at` equal the text's last ones (at most MATCH_CAP;
+        indentation tokens of one class are equal)."""
+        t, end, k = self._keys, len(self._keys), 0
         while k < MATCH_CAP and k < at and t[at - 1 - k] == t[end - 1 - k]:
             k += 1
         return k
@@ -305,7 +334,7 @@ class ContextLookup:
     def _resync(self) -> tuple[int, int]:
         """(index to copy from, length of the match found there) near where the last copy's source
         has got to, for the text's last 2 then last 1 tokens; (-1, 0) when neither is there."""
-        t, end = self.tokens, len(self.tokens)
+        t, end = self._keys, len(self._keys)
         expect = self._src + self._since
         for order in (2, 1):
             if order < self.min_order:
@@ -340,13 +369,26 @@ class ContextLookup:
             plan += self._inserted(t[j - 1], j)
         return plan[:n]
 
+    def _reindented(self) -> list | None:
+        """Occurrences of the text's last three tokens up to indentation tokens (none without
+        indents); where the best one is indented otherwise, the text's indentation is learnt as
+        an edit."""
+        k = self._keys
+        found = self._after_keys.get((k[-3], k[-2], k[-1])) if self.indents else None
+        if found:
+            at = max(reversed(found), key=self._match)
+            for old, new in zip(self.tokens[at - 3:at], self.tokens[-3:]):
+                if old != new:   # (both indentation of one class: their keys are equal)
+                    self._subs[old] = ((old,), (new,))
+        return found
+
     def chain(self, n: int) -> tuple[list, int]:
         """(up to n tokens to copy, the length of the match that found them: 3 for the text's
         last three tokens, 2 or 1 when resumed after an edit); ([], 0) when there is none."""
         t = self.tokens
         if n <= 0 or len(t) < 3:
             return [], 0
-        found = self._after.get((t[-3], t[-2], t[-1]))
+        found = self._after.get((t[-3], t[-2], t[-1])) or self._reindented()
         following = self._confirmed >= RESYNC_AFTER and self._run >= FOLLOW_RUN
         if found:
             at, order = max(reversed(found), key=self._match), 3  # longest match; reversed: the latest wins ties

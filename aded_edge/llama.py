@@ -25,7 +25,7 @@ from . import models, store
 from .accept import Sampling, make_chooser, rejected_choices, walk_tree
 from .budget import CostModel, ReachCalibrator, draft_step
 from .config import DraftConfig
-from .draft import ContextLookup, DraftTree, tree_layout
+from .draft import ContextLookup, DraftTree, indent_class, tree_layout
 from .gguf import read_gguf
 from .stats import DecodeStats
 from .trigram import MatrixFileError, TrigramMatrix
@@ -143,7 +143,7 @@ class AdedLlama(llama_cpp.Llama):
         scratch.update_grams(np.array([-1, 0]), [1, 0], [0, 1])
         calibrator, cost = ReachCalibrator(), CostModel([1, 2], [1.0, 1.0])
         for budget in ("fixed", "auto"):
-            for lookup in (None, ContextLookup(text, ends=self.end_tokens())):   # (read once, at load)
+            for lookup in (None, ContextLookup(text, ends=self.end_tokens(), indents=self.indent_tokens())):   # (read once, at load)
                 full, tree, expected = draft_step(scratch, text, self.draft_config.replace(budget=budget, max_nodes=4),
                                                   calibrator, cost, 4, 2, lookup=lookup)
                 calibrator.observe(full, [0, 1])
@@ -208,6 +208,19 @@ class AdedLlama(llama_cpp.Llama):
             self._ends = frozenset(t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)
                                    or llama_cpp.llama_vocab_is_control(vocab, t))
         return self._ends
+
+    def indent_tokens(self) -> dict:
+        """Indentation tokens -> their class (draft.indent_class): a copy of a re-indented line
+        matches its source up to them (draft.ContextLookup)."""
+        if getattr(self, "_indents", None) is None:
+            vocab, buf, indents = self._model.vocab, ctypes.create_string_buffer(256), {}
+            for t in range(self._n_vocab):
+                n = llama_cpp.llama_token_to_piece(vocab, t, buf, len(buf), 0, False)
+                c = indent_class(buf.raw[:n]) if 0 < n <= len(buf) else 0
+                if c:
+                    indents[t] = c
+            self._indents = indents
+        return self._indents
 
     def vocab_fingerprint(self) -> str:
         """Hash of every token's text: a matrix is only valid for a vocabulary with this hash."""
@@ -408,7 +421,7 @@ class AdedLlama(llama_cpp.Llama):
         if stopping_criteria is not None and stopping_criteria(np.asarray(prompt, dtype=np.intc), self._logits_row(-1)):
             return
         history = list(prompt) + [first]  # every token emitted so far
-        lookup = ContextLookup(history, cfg.copy_ngram, self.end_tokens())   # the copy chain's index of it
+        lookup = ContextLookup(history, cfg.copy_ngram, self.end_tokens(), self.indent_tokens())   # the copy chain's index of it
         n_past = len(prompt)              # tokens in the KV cache (seq 0) = history[:n_past]
         stats.generated += 1
         yield first

@@ -63,7 +63,8 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
         matrix.update(prompt)
         calibrator.new_text()
         history = list(prompt) + truth[:1]   # the first token comes from the prompt pass
-        lookup = ContextLookup(history, config.copy_ngram, rec.get("ends", ()))  # (older recordings: none)
+        lookup = ContextLookup(history, config.copy_ngram, rec.get("ends", ()),   # (older recordings: none)
+                               dict(rec.get("indents", ())))
         out = truth[:1]
         pending = 1                          # tokens emitted but not yet in the (simulated) KV cache
         while len(out) < len(truth):

@@ -69,6 +69,7 @@ def test_tiny_bench_run_writes_consistent_report(model_path, tmp_path):
     rec = [json.loads(l) for l in (tmp_path / "recorded.jsonl").read_text().splitlines()]
     assert len(rec) == 1 and rec[0]["output"] and rec[0]["n_vocab"] == 49152
     assert 2 in rec[0]["ends"] and rec[0]["output"][0] not in rec[0]["ends"]   # (<|im_end|>: copies stop there)
+    assert rec[0]["indents"] and all(c < 0 for _, c in rec[0]["indents"])   # (re-indented copies, see draft.indent_class)
     # the model-free replay of that recording reproduces it (replay asserts it) and reports sizes
     out = simulate(tmp_path / "recorded.jsonl", sizes=(0, 4))
     assert "| aded MCTS | context | 4 |" in out

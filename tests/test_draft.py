@@ -292,6 +292,48 @@ def test_context_lookup_keeps_the_copy_it_follows_over_a_shorter_match_in_its_ow
     assert lookup.chain(2)[0] == [21, 22]
 
 
+def test_a_reindented_line_is_copied_and_its_indentation_learnt():
+    """An answer that re-indents its input (wraps a function into a class): each line starts with
+    another indentation token (62 where the input has 60; both spaces only), so its first three
+    tokens occur nowhere. The occurrence that differs only in an indentation token of the same
+    class is copied, and the new indentation is drafted for the lines that follow."""
+    from aded_edge.draft import ContextLookup
+    blanks = {60: -1, 61: -1, 62: -1, 63: -1, 64: -2}
+    lines = [[21, 22, 23, 24, 25, 26, 9], [31, 32, 33, 34, 35, 36, 9], [41, 42, 43, 44, 45, 46, 9]]
+    source = [1, 2, 3, 4, 5] + [x for line in lines for x in [60] + line] + [8]
+    lookup = ContextLookup(source + [7, 11, 12], indents=blanks)
+    lookup.extend([62, 21, 22])                       # the first line, indented anew
+    chain, order = lookup.chain(12)
+    assert order == 3 and chain[:5] == [23, 24, 25, 26, 9]
+    assert chain[5:7] == [62, 31]                     # the next line with the answer's indentation
+    assert ContextLookup(source + [7, 11, 12, 62, 21, 22]).chain(12) == ([], 0)   # (exact keys only: nothing)
+    # an exact occurrence still wins over one that differs in blanks
+    exact = ContextLookup(source + [62, 21, 22, 77, 78, 7, 11, 12, 62, 21, 22], indents=blanks)
+    assert exact.chain(2)[0] == [77, 78]
+    # another class (a line break and spaces, where the input has spaces alone) or no indentation
+    for first in (64, 65):
+        assert ContextLookup(source + [7, 11, 12, first, 21, 22], indents=blanks).chain(4) == ([], 0)
+
+
+def test_indentation_tokens_match_each_other_when_ranking_occurrences():
+    """Two lines share their last four tokens; the earlier one is indented like the text's line up
+    to its indentation token (60 there, 62 here), so it matches the text longer and is copied,
+    where an exact comparison would tie and take the latest."""
+    from aded_edge.draft import ContextLookup
+    source = [1, 2, 60, 30, 40, 41, 42, 50, 51, 3, 4, 70, 30, 40, 41, 42, 52, 53, 5]
+    text = source + [9, 62, 30, 40, 41, 42]
+    assert ContextLookup(text, indents={60: -1, 62: -1}).chain(2)[0] == [50, 51]
+    assert ContextLookup(text).chain(2)[0] == [52, 53]
+
+
+def test_indent_class_groups_indentation_by_its_line_breaks():
+    from aded_edge.draft import indent_class
+    assert indent_class(b"    ") == indent_class(b"\t") == indent_class(b" ") == -1
+    assert indent_class(b"\n    ") == indent_class(b"\r\n  ") == -2 and indent_class(b"\n\n  ") == -3
+    for other in (b"", b"\n", b"\n\n", b" x", b"x ", b"\n  y"):
+        assert indent_class(other) == 0, other
+
+
 def test_chain_first_with_weights_fronts_the_chain_of_largest_summed_weight():
     from aded_edge.draft import chain_first
     # root children 0 (weight .9, a leaf) and 1 (.6, with a chain 2 -> 3 of .5 and .5 below it)

@@ -16,8 +16,10 @@ greedy output except where the model's top two logits are nearly tied. Two check
   There NEAR_TIE is 3.0 logits, the flips are not counted, and the tests that demand exact
   equality through the completion API are skipped, with that reason.
 """
+import ctypes
 import math
 
+import llama_cpp
 import numpy as np
 import pytest
 from conftest import BATCH_INVARIANT
@@ -284,6 +286,35 @@ def test_copies_of_the_input_stop_at_its_end(plain, aded_tree, scorer, monkeypat
         assert got == first_n(plain.generate(prompt, temp=0.0), 32)
     assert any(c and c[-1] in ends for c in chains), "no copy reached the input's end: the stop was not exercised"
     assert not [c for c in chains if any(t in ends for t in c[:-1])]   # nothing drafted after an end
+
+
+def test_reindented_copies_stay_lossless(plain, aded_tree, scorer, monkeypatch):
+    """Code wrapped into a class repeats its input one indentation level deeper: the copy is found
+    up to the vocabulary's indentation tokens (SmolLM2 merges a line break with the indentation
+    after it: "\\n   " becomes "\\n       ") and drafts the new indentation; the output is still
+    the model's own."""
+    from aded_edge.draft import ContextLookup, indent_class
+    indents = aded_tree.indent_tokens()
+    buf = ctypes.create_string_buffer(256)   # (Llama.detokenize drops tokens longer than 32 bytes)
+    def piece(t):
+        n = llama_cpp.llama_token_to_piece(aded_tree._model.vocab, t, buf, len(buf), 0, False)
+        return buf.raw[:n]
+    assert indents and all(indent_class(piece(t)) == c < 0 for t, c in indents.items())
+    assert indents[tokens_of(plain, "x\n    y")[1]] == indents[tokens_of(plain, "x\n        y")[1]] == -2
+    assert tokens_of(plain, " x")[0] not in indents and tokens_of(plain, "\n")[-1] not in indents
+    reindented, found = ContextLookup._reindented, []
+    def recorded(self):
+        got = reindented(self)
+        found.append(bool(got))
+        return got
+    monkeypatch.setattr(ContextLookup, "_reindented", recorded)
+    code = "def area(w, h):\n    s = w * h\n    t = s + 1\n    u = t * 2\n    return u\n\n"
+    prompt = tokens_of(plain, code + "class Shape:\n    def area(self, w, h):\n        s = w * h")
+    got = first_n(aded_tree.generate(prompt, temp=0.0), 24)
+    assert_greedy_throughout(scorer, prompt, got, "re-indented copies")
+    if BATCH_INVARIANT:
+        assert got == first_n(plain.generate(prompt, temp=0.0), 24)
+    assert any(found), "no copy was found up to indentation: the re-indented match was not exercised"
 
 
 def test_rejected_nodes_teach_the_models_own_next_token(plain, aded_tree, scorer, monkeypatch):
