@@ -369,29 +369,26 @@ class ContextLookup:
             plan += self._inserted(t[j - 1], j)
         return plan[:n]
 
-    def _reindented(self) -> list | None:
-        """Occurrences of the text's last three tokens up to indentation tokens (none without
-        indents); where the best one is indented otherwise, the text's indentation is learnt as
-        an edit."""
-        k = self._keys
-        found = self._after_keys.get((k[-3], k[-2], k[-1])) if self.indents else None
-        if found:
-            at = max(reversed(found), key=self._match)
-            for old, new in zip(self.tokens[at - 3:at], self.tokens[-3:]):
-                if old != new:   # (both indentation of one class: their keys are equal)
-                    self._subs[old] = ((old,), (new,))
-        return found
+    def _learn_indents(self, at: int) -> None:
+        """The occurrence ending before `at` matches the text's last three tokens up to
+        indentation: where it is indented otherwise, the text's indentation is learnt as an edit."""
+        for old, new in zip(self.tokens[at - 3:at], self.tokens[-3:]):
+            if old != new:   # (both indentation of one class: their keys are equal)
+                self._subs[old] = ((old,), (new,))
 
     def chain(self, n: int) -> tuple[list, int]:
         """(up to n tokens to copy, the length of the match that found them: 3 for the text's
         last three tokens, 2 or 1 when resumed after an edit); ([], 0) when there is none."""
-        t = self.tokens
+        t, k = self.tokens, self._keys
         if n <= 0 or len(t) < 3:
             return [], 0
-        found = self._after.get((t[-3], t[-2], t[-1])) or self._reindented()
+        exact = self._after.get((t[-3], t[-2], t[-1]))
+        found = exact or (self._after_keys.get((k[-3], k[-2], k[-1])) if self.indents else None)
         following = self._confirmed >= RESYNC_AFTER and self._run >= FOLLOW_RUN
         if found:
             at, order = max(reversed(found), key=self._match), 3  # longest match; reversed: the latest wins ties
+            if not exact:   # found up to indentation only
+                self._learn_indents(at)
             if following and at != self._src and self._match(at) < min(self._run, MATCH_CAP):
                 at, order = self._src, 2   # the copy it follows (edits applied) has matched longer
         elif following:  # on its copy: go on

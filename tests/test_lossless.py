@@ -302,12 +302,11 @@ def test_reindented_copies_stay_lossless(plain, aded_tree, scorer, monkeypatch):
     assert indents and all(indent_class(piece(t)) == c < 0 for t, c in indents.items())
     assert indents[tokens_of(plain, "x\n    y")[1]] == indents[tokens_of(plain, "x\n        y")[1]] == -2
     assert tokens_of(plain, " x")[0] not in indents and tokens_of(plain, "\n")[-1] not in indents
-    reindented, found = ContextLookup._reindented, []
-    def recorded(self):
-        got = reindented(self)
-        found.append(bool(got))
-        return got
-    monkeypatch.setattr(ContextLookup, "_reindented", recorded)
+    learn, found = ContextLookup._learn_indents, []   # called for each copy found up to indentation only
+    def recorded(self, at):
+        found.append(at)
+        return learn(self, at)
+    monkeypatch.setattr(ContextLookup, "_learn_indents", recorded)
     code = "def area(w, h):\n    s = w * h\n    t = s + 1\n    u = t * 2\n    return u\n\n"
     prompt = tokens_of(plain, code + "class Shape:\n    def area(self, w, h):\n        s = w * h")
     got = first_n(aded_tree.generate(prompt, temp=0.0), 24)
