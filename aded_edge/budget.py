@@ -15,7 +15,7 @@ from numba import njit
 from collections import deque
 
 from .config import DraftConfig
-from .draft import DraftTree, _take, build_draft, chain_first, probe_tree, with_copy_chain
+from .draft import DraftTree, build_draft, chain_first, probe_tree, take_arrays, with_copy_chain
 
 # reach-probability bin edges of the calibration table (finer near 0 and 1)
 P_EDGES = np.array([0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0001])
@@ -120,7 +120,7 @@ def _order(q, tokens, parents, depth, prob, visits, seen, copied):
     """The tree's arrays and q in node order by q descending, shallower first on ties, else
     original order (stable)."""
     order = np.argsort(-q + 1e-9 * depth, kind="mergesort")
-    return _take(order, tokens, parents, depth, prob, visits, seen, copied), q[order]
+    return take_arrays(order, tokens, parents, depth, prob, visits, seen, copied), q[order]
 
 
 @njit(cache=True)

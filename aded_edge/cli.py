@@ -707,14 +707,14 @@ def bench(model, workloads, per_workload, max_tokens, systems, seed, threads, n_
 def simulate(recorded, sizes, corpus_path, costs_path, settings, by_workload):
     """Replay RECORDED plain output (bench's recorded.jsonl) through the drafter, no model:
     tokens per step and drafting time per token for each tree size."""
-    from .simulate import config_with, simulate as run_simulation
+    from .simulate import simulate as run_simulation
     try:
         ns = [int(x) for x in sizes.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"--sizes must be comma-separated integers, got {sizes!r}") from None
     if not ns or min(ns) < 0 or max(ns) > 255:
         raise UserError("--sizes must be in 0..255")
-    config = config_with(settings)
+    config = DraftConfig().with_settings(settings)
     click.echo(run_simulation(recorded, sizes=ns, config=config, corpus=corpus_path, costs=costs_path,
                               by_workload=by_workload))
 

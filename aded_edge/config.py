@@ -56,6 +56,28 @@ class DraftConfig:
     def replace(self, **changes) -> "DraftConfig":
         return dataclasses.replace(self, **changes)
 
+    def with_settings(self, settings) -> "DraftConfig":
+        """This config with NAME=VALUE settings applied (each value parsed as the field's type);
+        ValueError naming the problem for an unknown field or a bad value (ranges: __post_init__)."""
+        fields = {f.name: type(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        changes = {}
+        for item in settings:
+            name, sep, value = str(item).partition("=")
+            name = name.strip().replace("-", "_")
+            if not sep or name not in fields:
+                raise ValueError(f"--set needs NAME=VALUE with NAME one of {', '.join(fields)}; got {item!r}")
+            kind = fields[name]
+            try:
+                if kind is bool:
+                    if value.strip().lower() not in ("true", "false", "1", "0"):
+                        raise ValueError
+                    changes[name] = value.strip().lower() in ("true", "1")
+                else:
+                    changes[name] = kind(value.strip())
+            except ValueError:
+                raise ValueError(f"--set {name}: {value!r} is not a valid {kind.__name__}") from None
+        return self.replace(**changes)
+
     def changes(self) -> str:
         """The fields that differ from the defaults, as "name=value, ..." (empty: none)."""
         default = DraftConfig()

@@ -45,7 +45,7 @@ class DraftTree:
     def take(self, order) -> "DraftTree":
         """The nodes in a new order (a permutation that keeps parents before children), with the
         parent indices renumbered."""
-        return DraftTree(*_take(np.asarray(order, dtype=np.int64), *self.fields()))
+        return DraftTree(*take_arrays(np.asarray(order, dtype=np.int64), *self.fields()))
 
     def fields(self) -> tuple:
         """The arrays in constructor order (what the kernels that build trees take and return)."""
@@ -58,8 +58,9 @@ class DraftTree:
 
 
 @njit(cache=True)
-def _take(order, tokens, parents, depth, prob, visits, seen, copied):
-    """DraftTree.take's arrays: nodes in the given order, parent indices renumbered."""
+def take_arrays(order, tokens, parents, depth, prob, visits, seen, copied):
+    """DraftTree.take's arrays: nodes in the given order, parent indices renumbered (a kernel
+    other kernels call on a tree's fields)."""
     inverse = np.empty_like(order)
     inverse[order] = np.arange(order.size)
     par = parents[order]

@@ -10,7 +10,6 @@ decoding can draft better than replay says.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -103,30 +102,6 @@ def _summary(c: dict, nodes: int, cost: CostModel) -> dict:
     return dict(c, nodes=nodes, plain_s=plain_s, tokens_per_step=c["tokens"] / max(c["steps"], 1),
                 draft_us_per_token=1e6 * c["draft_s"] / max(c["tokens"], 1),
                 est_speedup=plain_s / max(c["verify_s"] + c["draft_s"], 1e-12))
-
-
-def config_with(settings, config: DraftConfig | None = None) -> DraftConfig:
-    """A DraftConfig with NAME=VALUE settings applied (each value parsed as the field's type);
-    ValueError naming the problem for an unknown field or a bad value."""
-    config = config or DraftConfig()
-    fields = {f.name: type(getattr(config, f.name)) for f in dataclasses.fields(config)}
-    changes = {}
-    for item in settings:
-        name, sep, value = str(item).partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or name not in fields:
-            raise ValueError(f"--set needs NAME=VALUE with NAME one of {', '.join(fields)}; got {item!r}")
-        kind = fields[name]
-        try:
-            if kind is bool:
-                if value.strip().lower() not in ("true", "false", "1", "0"):
-                    raise ValueError
-                changes[name] = value.strip().lower() in ("true", "1")
-            else:
-                changes[name] = kind(value.strip())
-        except ValueError:
-            raise ValueError(f"--set {name}: {value!r} is not a valid {kind.__name__}") from None
-    return config.replace(**changes)   # (DraftConfig checks the ranges)
 
 
 def load_costs(path) -> CostModel:

@@ -95,7 +95,7 @@ def test_replay_counts_steps_exactly():
 def test_simulate_replays_changed_settings_and_splits_by_workload(tmp_path):
     """`simulate --set` replays a changed DraftConfig (named in the report) and `--by-workload`
     adds one row per workload: the A/B of a drafting change without a model."""
-    from aded_edge.simulate import config_with
+    from aded_edge.config import DraftConfig
     phrase = [5, 6, 7, 8, 9, 10, 11, 12]
     rows = [dict(workload="edit", id="a", n_vocab=20, prompt=phrase * 3, output=phrase * 4),
             dict(workload="chat", id="b", n_vocab=20, prompt=[1, 2, 3, 4], output=[13, 14, 15, 16, 17, 18])]
@@ -103,17 +103,17 @@ def test_simulate_replays_changed_settings_and_splits_by_workload(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     plain = simulate(path, sizes=(16,))
     assert "settings changed" not in plain and "| context: edit |" not in plain
-    out = simulate(path, sizes=(16,), config=config_with(["copy_depth=0", "max_depth=1"]), by_workload=True)
+    out = simulate(path, sizes=(16,), config=DraftConfig().with_settings(["copy_depth=0", "max_depth=1"]), by_workload=True)
     assert "drafting settings changed: max_depth=1, copy_depth=0" in out
     assert "| aded MCTS | context: edit | 16 |" in out and "| aded MCTS | context: chat | 16 |" in out
     # one-token drafts, no copies: the repeated phrase now takes a step per two tokens at best
     per_step = lambda text, label: float(next(l for l in text.splitlines() if f"| {label} | 16 |" in l).split("|")[4])
     assert per_step(out, "context: edit") <= 2.0 < per_step(plain, "context")
-    assert config_with(["adapt_rejected=false", "min-gain=0.2"]) == config_with([]).replace(adapt_rejected=False, min_gain=0.2)
+    assert DraftConfig().with_settings(["adapt_rejected=false", "min-gain=0.2"]) == DraftConfig(adapt_rejected=False, min_gain=0.2)
     for bad, fragment in ((["nosuch=1"], "NAME one of"), (["min_gain"], "NAME=VALUE"), (["top_k=x"], "not a valid int"),
                           (["adapt_rejected=maybe"], "not a valid bool"), (["min_gain=3"], "min_gain must be in [0, 1]")):
         with pytest.raises(ValueError, match=re.escape(fragment)):
-            config_with(bad)
+            DraftConfig().with_settings(bad)
     from aded_edge.cli import main
     assert main(["simulate", str(path), "--set", "nosuch=1"]) == 1   # the CLI: one line, exit 1
 
