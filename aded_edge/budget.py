@@ -15,7 +15,8 @@ from numba import njit
 from collections import deque
 
 from .config import DraftConfig
-from .draft import DraftTree, build_draft, chain_first, probe_tree, take_arrays, with_copy_chain
+from .draft import ContextLookup, DraftTree, build_draft, chain_first, probe_tree, take_arrays, with_copy_chain
+from .trigram import TrigramMatrix
 
 # reach-probability bin edges of the calibration table (finer near 0 and 1)
 P_EDGES = np.array([0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0001])
@@ -376,6 +377,25 @@ def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, c
     if auto and drafter is None:
         calibrator.searched(k)
     return full, chain_first(tree.head(k), q[:k]), float(q[:k].sum())
+
+
+def warm_up(n_vocab: int, top_k: int, cfg: DraftConfig, ends=(), indents=None) -> DraftTree:
+    """Compile (or load from Numba's cache) every kernel of a drafting step now, on a scratch
+    matrix and calibration: probe, search, copy chain, ordering, budget and labelling, with both
+    budgets, so no later step (timed, or inside an answer where a Ctrl-C could land in Numba's
+    loader) pays a compile. Returns the last searched tree."""
+    text = [0, 1, 0, 1, 0, 1]
+    scratch = TrigramMatrix(n_vocab, top_k=top_k)
+    scratch.update(text)
+    scratch.update_grams(np.array([-1, 0]), [1, 0], [0, 1])
+    calibrator, cost = ReachCalibrator(), CostModel([1, 2], [1.0, 1.0])   # flat: the search runs
+    for budget in ("fixed", "auto"):
+        for lookup in (None, ContextLookup(text, ends=ends, indents=indents)):
+            full, tree, expected = draft_step(scratch, text, cfg.replace(budget=budget, max_nodes=4),
+                                              calibrator, cost, 4, 2, lookup=lookup)
+            calibrator.observe(full, [0, 1])
+            calibrator.settle(expected, 0)
+    return full
 
 
 def best_size(q_sorted: np.ndarray, cost: CostModel, min_q: float = 0.0, min_gain: float = 0.0) -> int:

@@ -23,7 +23,7 @@ from llama_cpp import _internals
 
 from . import models, store
 from .accept import Sampling, make_chooser, rejected_choices, walk_tree
-from .budget import CostModel, ReachCalibrator, draft_step
+from .budget import CostModel, ReachCalibrator, draft_step, warm_up
 from .config import DraftConfig
 from .draft import ContextLookup, DraftTree, indent_class, tree_layout
 from .gguf import read_gguf
@@ -137,17 +137,8 @@ class AdedLlama(llama_cpp.Llama):
     def _warm_up(self) -> None:
         """Compile (or load from Numba's cache) every kernel of a step now, on a scratch matrix:
         not during the first answer, where a Ctrl-C could land inside Numba's loader."""
-        text = [0, 1, 0, 1, 0, 1]
-        scratch = TrigramMatrix(self.matrix.n_vocab, top_k=self.matrix.top_k)
-        scratch.update(text)
-        scratch.update_grams(np.array([-1, 0]), [1, 0], [0, 1])
-        calibrator, cost = ReachCalibrator(), CostModel([1, 2], [1.0, 1.0])
-        for budget in ("fixed", "auto"):
-            for lookup in (None, ContextLookup(text, ends=self.end_tokens(), indents=self.indent_tokens())):   # (read once, at load)
-                full, tree, expected = draft_step(scratch, text, self.draft_config.replace(budget=budget, max_nodes=4),
-                                                  calibrator, cost, 4, 2, lookup=lookup)
-                calibrator.observe(full, [0, 1])
-                calibrator.settle(expected, 0)
+        full = warm_up(self.matrix.n_vocab, self.matrix.top_k, self.draft_config,   # (end and indentation
+                       self.end_tokens(), self.indent_tokens())                # tokens read once, at load)
         tree_layout(full, np.zeros((len(full) + 1, len(full) + 1), np.int32), np.zeros(len(full) + 1, np.int32))
 
     def _verify_batch(self, kwargs) -> int:

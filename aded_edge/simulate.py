@@ -14,12 +14,10 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from .accept import walk_tree
 from .config import DraftConfig
-from .budget import CostModel, ReachCalibrator, draft_step
-from .draft import ContextLookup, build_draft, chain_first
+from .budget import CostModel, ReachCalibrator, draft_step, warm_up
+from .draft import ContextLookup
 from .trigram import TrigramMatrix
 
 
@@ -48,12 +46,7 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
     config = config.replace(max_nodes=nodes, budget="auto" if cost is not None else "fixed")
     cost = cost or CostModel([1], [1.0])
     calibrator = ReachCalibrator()
-    # JIT warm-up outside the timing: every kernel of a drafting step, on a scratch calibrator
-    scratch = ReachCalibrator()
-    draft_step(matrix, [0, 0, 0], config, scratch, cost, nodes, config.max_depth, lookup=ContextLookup([0, 0, 0]))
-    warm = build_draft(matrix, [0, 0], config)   # (the step above may have skipped the search)
-    chain_first(warm, np.ones(len(warm)))
-    scratch.observe(warm, [0])
+    warm_up(n_vocab, config.top_k, config)   # every kernel compiled outside the timed drafting
     deepest = max(config.max_depth, config.copy_depth)  # no context window to run out of here
     counts: dict[str, dict] = {}
     for rec in recorded:
