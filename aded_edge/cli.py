@@ -719,7 +719,37 @@ def simulate(recorded, sizes, corpus_path, costs_path, settings, by_workload):
                               by_workload=by_workload))
 
 
+PRELOAD_GUARD = "ADED_EDGE_PRELOADED"   # set in the process run again with libstdc++ preloaded
+
+
+def _cuda_build() -> bool:
+    """Whether llama_cpp would load a CUDA build of ggml (found without loading it)."""
+    import importlib.util
+    spec = importlib.util.find_spec("llama_cpp")
+    dirs = [os.environ.get("LLAMA_CPP_LIB_PATH", "")]
+    if spec is not None and spec.origin:
+        dirs.append(os.path.join(os.path.dirname(spec.origin), "lib"))
+    return any(d and os.path.isdir(d) and any(f.startswith("libggml-cuda") for f in os.listdir(d)) for d in dirs)
+
+
+def _preload_libstdcxx() -> None:
+    """Run this command again with the system's libstdc++ preloaded, on Linux with a CUDA build of
+    llama.cpp. Measured on an H100 image (CUDA 13.0, Numba 0.68, llvmlite 0.50): without it two
+    copies of libstdc++ meet and the process segfaults, in LLVM's set-up when llama.cpp loaded
+    first, in a locale facet of libggml-cuda when Numba compiled first; LD_PRELOAD of the system
+    one fixed every case (README, Set up). It has to be in place before the process starts."""
+    if sys.platform != "linux" or os.environ.get(PRELOAD_GUARD) or "libstdc++" in os.environ.get("LD_PRELOAD", ""):
+        return
+    if not _cuda_build():
+        return
+    preload = " ".join(x for x in ("libstdc++.so.6", os.environ.get("LD_PRELOAD", "")) if x)
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]],
+              {**os.environ, "LD_PRELOAD": preload, PRELOAD_GUARD: "1"})
+
+
 def main(argv=None) -> int:
+    if argv is None:   # the command line itself (not a call from Python, which cannot be rerun)
+        _preload_libstdcxx()
     try:
         cli.main(args=argv, prog_name="aded-edge", standalone_mode=False)
         return 0

@@ -181,6 +181,62 @@ def test_bench_gpu_layers_reach_every_system(monkeypatch):
     assert main(["bench", "-ngl", "-1", "--verify-batch", "16"]) == 0 and seen["draft"].verify_batch == 16
 
 
+def test_cuda_build_reruns_the_command_with_libstdcxx_preloaded(monkeypatch):
+    """With a CUDA build of llama.cpp on Linux the command line is run again, same Python and
+    arguments, with the system libstdc++ preloaded (what fixed the segfaults measured on an H100);
+    never twice, never with one already preloaded, never for a CPU build or a call from Python."""
+    from aded_edge import cli as cli_module
+    runs = []
+
+    def execve(path, args, env):
+        runs.append((path, args, env))
+        raise SystemExit(0)
+    monkeypatch.setattr(os, "execve", execve)
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(sys, "orig_argv", ["python", "-m", "aded_edge.cli", "run", "-p", "hi"])
+    monkeypatch.setattr(cli_module, "_cuda_build", lambda: True)
+    monkeypatch.delenv(cli_module.PRELOAD_GUARD, raising=False)
+    monkeypatch.setenv("LD_PRELOAD", "libother.so")
+    with pytest.raises(SystemExit):
+        cli_module._preload_libstdcxx()
+    path, args, env = runs.pop()
+    assert path == sys.executable and args == [sys.executable, "-m", "aded_edge.cli", "run", "-p", "hi"]
+    assert env["LD_PRELOAD"] == "libstdc++.so.6 libother.so" and env[cli_module.PRELOAD_GUARD] == "1"
+
+    monkeypatch.setenv(cli_module.PRELOAD_GUARD, "1")          # already the rerun
+    cli_module._preload_libstdcxx()
+    monkeypatch.delenv(cli_module.PRELOAD_GUARD)
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libstdc++.so.6")  # the user preloads it already
+    cli_module._preload_libstdcxx()
+    monkeypatch.delenv("LD_PRELOAD")
+    monkeypatch.setattr(cli_module, "_cuda_build", lambda: False)   # CPU build
+    cli_module._preload_libstdcxx()
+    monkeypatch.setattr(cli_module, "_cuda_build", lambda: True)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    cli_module._preload_libstdcxx()
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert main(["--version"]) == 0                             # a call from Python is not rerun
+    assert runs == []
+
+
+def test_cuda_build_is_found_by_its_library(monkeypatch, tmp_path):
+    import importlib.util
+    from aded_edge import cli as cli_module
+    cpu, cuda = tmp_path / "cpu" / "lib", tmp_path / "cuda"
+    cpu.mkdir(parents=True)
+    cuda.mkdir()
+    (cpu / "libggml-cpu.so").touch()
+    (cuda / "libggml-cuda.so").touch()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: SimpleNamespace(origin=str(cpu.parent / "__init__.py")))
+    monkeypatch.delenv("LLAMA_CPP_LIB_PATH", raising=False)
+    assert not cli_module._cuda_build()
+    monkeypatch.setenv("LLAMA_CPP_LIB_PATH", str(cuda))   # llama_cpp's own override of its library folder
+    assert cli_module._cuda_build()
+    monkeypatch.setenv("LLAMA_CPP_LIB_PATH", str(cpu))
+    (cpu / "libggml-cuda.so.0").touch()
+    assert cli_module._cuda_build()
+
+
 def test_console_script_invalid_temp():
     script = Path(sys.executable).with_name("aded-edge")
     if not script.exists():
