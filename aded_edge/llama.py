@@ -30,8 +30,10 @@ from .gguf import read_gguf
 from .stats import DecodeStats
 from .trigram import MatrixFileError, TrigramMatrix
 
-# batch sizes whose decode cost is measured at load (cut at the largest tree + 1)
-COST_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 96, 128, 192, 256)
+# batch sizes whose decode cost is measured at load (cut at the largest tree + 1); 17 and 33 catch
+# the step after a multiple of 16 (the 2-core EPYC, Qwen Q4_K_M, in one-token decodes: 16 rows 7.7,
+# 17 rows 9.0, 32 rows 12.7, 33 rows 14.0), which interpolation from 20 and 40 would hide
+COST_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 17, 20, 24, 32, 33, 40, 48, 64, 96, 128, 192, 256)
 COST_REPEATS = 3          # median of this many timings per size
 COST_RUN = 6              # one-token decodes timed after a tree per round: a run of plain steps
 COST_PREFIX = 64          # KV entries present while measuring (the curve is rescaled online)
@@ -266,7 +268,7 @@ class AdedLlama(llama_cpp.Llama):
                     system=llama_cpp.llama_print_system_info().decode(errors="replace"),
                     threads=p.n_threads, threads_batch=p.n_threads_batch, n_ctx=p.n_ctx, n_ubatch=p.n_ubatch,
                     flash_attn=int(p.flash_attn_type), gpu_layers=self.model_params.n_gpu_layers,
-                    max_size=self._max_nodes + 1, verify_batch=self._pad, version=4)
+                    max_size=self._max_nodes + 1, verify_batch=self._pad, version=5)
 
     def _cost_curve(self) -> CostModel:
         """The measured cost curve, from the on-disk cache when this exact setup was measured."""

@@ -37,6 +37,20 @@ def test_stepped_curve_between():
     assert best_size(q_chain(0.99, 0.98, 0.97, 0.96), STEPPED) == 3   # up to where batch 5 costs a step more
 
 
+def test_a_measured_step_after_32_rows_keeps_a_copy_chain_at_32_rows():
+    """A bench's curve on the 2-core EPYC (Qwen, in one-token decodes), where 33 rows really cost
+    1.104 times 32 rows. Interpolated between 32 and 40, the 33rd row looks 0.33 dearer and a tree
+    of 32 nodes (33 rows with the pending token) is verified; with 33 measured, 31 nodes."""
+    sizes = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64]
+    costs = [1, 1.9, 2.49, 3.15, 3.94, 4.68, 6.83, 7.95, 8.3, 8.35, 10.74, 12.61, 15.39, 18.03, 19.28, 25.13]
+    q = np.array([0.95] * 28 + [0.74] * 4 + [0.06] * 8)
+    assert best_size(q, CostModel(sizes, costs)) == 32
+    at = sizes.index(32) + 1
+    assert best_size(q, CostModel(sizes[:at] + [33] + sizes[at:], costs[:at] + [15.39 * 1.104] + costs[at:])) == 31
+    from aded_edge.llama import COST_SIZES
+    assert {16, 17, 32, 33} <= set(COST_SIZES)      # the calibration measures both sides of each step
+
+
 def test_overhead_favours_bigger_steps():
     cm = CostModel(SIZES, [0.010 * n for n in SIZES])
     q = q_chain(0.6, 0.5)
