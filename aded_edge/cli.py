@@ -704,7 +704,10 @@ def bench(model, workloads, per_workload, max_tokens, systems, seed, threads, n_
               help="Replay with this drafting setting changed (a DraftConfig field, e.g. min_gain=0.1, "
                    "copy_depth=16); repeatable. Compare against a run without it.")
 @click.option("--by-workload", is_flag=True, help="Also one row per workload of the recording.")
-def simulate(recorded, sizes, corpus_path, costs_path, settings, by_workload):
+@click.option("--oracle", is_flag=True,
+              help="Also the copy oracle (needs --costs): each copy verified exactly as far as the output follows "
+                   "it, what copy drafting reaches on this cost curve when every copy's end is known.")
+def simulate(recorded, sizes, corpus_path, costs_path, settings, by_workload, oracle):
     """Replay RECORDED plain output (bench's recorded.jsonl) through the drafter, no model:
     tokens per step and drafting time per token for each tree size."""
     from .simulate import simulate as run_simulation
@@ -714,9 +717,11 @@ def simulate(recorded, sizes, corpus_path, costs_path, settings, by_workload):
         raise UserError(f"--sizes must be comma-separated integers, got {sizes!r}") from None
     if not ns or min(ns) < 0 or max(ns) > 255:
         raise UserError("--sizes must be in 0..255")
+    if oracle and not costs_path:
+        raise UserError("--oracle needs --costs (a cost curve to price the oracle's steps)")
     config = DraftConfig().with_settings(settings)
     click.echo(run_simulation(recorded, sizes=ns, config=config, corpus=corpus_path, costs=costs_path,
-                              by_workload=by_workload))
+                              by_workload=by_workload, oracle=oracle))
 
 
 PRELOAD_GUARD = "ADED_EDGE_PRELOADED"   # set in the process run again with libstdc++ preloaded

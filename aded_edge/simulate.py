@@ -90,6 +90,35 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
     return dict(_summary(total, nodes, cost), by_workload={w: _summary(c, nodes, cost) for w, c in counts.items()})
 
 
+def copy_oracle(recorded: list[dict], cost: CostModel, depth: int, min_order: int = 2) -> dict:
+    """A budget that knows where every copy ends: at each step the context's copy chain (built
+    as decoding builds it, up to `depth` tokens) is verified exactly as far as the recorded
+    output follows it (or the prefix of that with the best tokens per second on the curve), else
+    a plain step. What copy drafting can reach on this cost curve however well the copies are
+    predicted (the matrix's own guesses left out). Counts as replay's, without drafting time."""
+    counts: dict[str, dict] = {}
+    for rec in recorded:
+        prompt, truth = rec["prompt"], rec["output"]
+        c = counts.setdefault(rec.get("workload", "-"), dict.fromkeys(COUNTS, 0))
+        lookup = ContextLookup(list(prompt) + truth[:1], min_order, rec.get("ends", ()), dict(rec.get("indents", ())))
+        at = 1
+        while at < len(truth):
+            chain, _ = lookup.chain(depth)
+            right = 0
+            while right < len(chain) and at + right < len(truth) and chain[right] == truth[at + right]:
+                right += 1
+            k = max(range(right + 1), key=lambda j: (j + 1) / float(cost(j + 1)))   # ties: the shortest
+            c["verify_s"] += float(cost(k + 1))
+            c["steps"] += 1
+            c["drafted"] += k
+            c["accepted"] += k
+            lookup.extend(truth[at:at + k + 1])
+            at += k + 1
+        c["tokens"] += len(truth) - 1
+    total = {k: sum(c[k] for c in counts.values()) for k in COUNTS}
+    return dict(_summary(total, depth, cost), by_workload={w: _summary(c, depth, cost) for w, c in counts.items()})
+
+
 def _summary(c: dict, nodes: int, cost: CostModel) -> dict:
     plain_s = c["tokens"] * float(cost(1))
     return dict(c, nodes=nodes, plain_s=plain_s, tokens_per_step=c["tokens"] / max(c["steps"], 1),
@@ -109,18 +138,21 @@ def load_costs(path) -> CostModel:
 
 
 def simulate(path, n_vocab: int | None = None, sizes=(1, 2, 4, 8, 16, 32, 64), config: DraftConfig | None = None,
-             corpus=None, costs=None, by_workload: bool = False) -> str:
+             corpus=None, costs=None, by_workload: bool = False, oracle: bool = False) -> str:
     """Markdown table of the replay at each tree size, with the context matrix alone and, when a
     corpus matrix file is given, with it merged in; with a cost curve, the automatic budget
     chooses the trees (up to each size) and the estimated speed-up over plain decoding is shown.
     `config`: the drafting settings replayed (default: DraftConfig()); `by_workload`: one more row
-    per workload of the recording under each total row."""
+    per workload of the recording under each total row; `oracle` (needs a cost curve): one more
+    row, copy_oracle at the config's copy depth."""
     recorded = load_recorded(path)
     n_vocab = n_vocab or max(int(r.get("n_vocab", 0)) for r in recorded) or None
     if not n_vocab:
         raise ValueError(f"{path}: no n_vocab recorded; pass the model's vocabulary size")
     config = config or DraftConfig()
     cost = load_costs(costs) if costs else None
+    if oracle and cost is None:
+        raise ValueError("the copy oracle needs a cost curve (costs)")
     changed = config.changes()
     lines = [f"replay of {len(recorded)} recorded generations ({sum(len(r['output']) for r in recorded)} tokens), "
              f"model-free; every replay reproduced its recording"
@@ -141,4 +173,10 @@ def simulate(path, n_vocab: int | None = None, sizes=(1, 2, 4, 8, 16, 32, 64), c
                 speed = f"{c['est_speedup']:.3f}x" if cost else "-"
                 lines.append(f"| aded MCTS | {label} | {n} | {c['tokens_per_step']:.2f} | {c['accepted']}/{c['drafted']} | "
                              f"{c['draft_us_per_token']:.1f} | {speed} |")
+    if oracle:
+        r = copy_oracle(recorded, cost, config.copy_depth, config.copy_ngram)
+        parts = [("-", r)] + ([(w, c) for w, c in r["by_workload"].items()] if by_workload else [])
+        for label, c in parts:
+            lines.append(f"| copy oracle | {label} | {config.copy_depth} | {c['tokens_per_step']:.2f} | "
+                         f"{c['accepted']}/{c['drafted']} | - | {c['est_speedup']:.3f}x |")
     return "\n".join(lines)

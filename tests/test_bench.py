@@ -145,3 +145,30 @@ def test_bench_systems_take_the_draft_settings(model_path):
         auto.close()
     assert _non_default(draft) == "n_simulations=40, max_depth=6, max_nodes=7"
     assert _non_default(DraftConfig()) == _non_default(None) == ""
+
+
+def test_copy_oracle_verifies_each_copy_exactly_as_far_as_it_goes(tmp_path):
+    """The copy oracle (`simulate --oracle`): what copy drafting reaches when every copy's end is
+    known. An answer that copies 30 tokens of its 40-token input and then writes 10 new ones."""
+    from aded_edge.budget import CostModel
+    from aded_edge.simulate import copy_oracle
+    prompt = list(range(100, 140))
+    rec = [dict(workload="edit", prompt=prompt, output=prompt[:30] + list(range(200, 210)))]
+    flat = copy_oracle(rec, CostModel([1, 64], [1.0, 1.0]), depth=32)
+    # two plain steps until the text's last three tokens occur in the input, a fresh match's 8
+    # copied tokens (draft.FRESH_DEPTH), then the rest of the copy (18) with the first new token as
+    # the bonus, then 9 plain steps: 13 steps for 39 tokens, every drafted token accepted
+    assert (flat["tokens"], flat["steps"], flat["drafted"], flat["accepted"]) == (39, 13, 26, 26)
+    assert flat["est_speedup"] == pytest.approx(39 / 13)
+    linear = copy_oracle(rec, CostModel([1, 64], [1.0, 64.0]), depth=32)   # every row a plain step: no draft pays
+    assert (linear["steps"], linear["drafted"], linear["est_speedup"]) == (39, 0, pytest.approx(1.0))
+    short = copy_oracle(rec, CostModel([1, 64], [1.0, 1.0]), depth=4)      # chains of at most 4 tokens
+    assert short["steps"] > flat["steps"] and short["accepted"] == short["drafted"]
+    path = tmp_path / "recorded.jsonl"
+    path.write_text(json.dumps(dict(rec[0], id="a", n_vocab=256)) + "\n")
+    costs = tmp_path / "costs.json"
+    costs.write_text(json.dumps(dict(sizes=[1, 64], seconds=[1.0, 1.0])))
+    out = simulate(path, sizes=(8,), costs=costs, oracle=True, by_workload=True)
+    assert "| copy oracle | - | 32 | 3.00 | 26/26 | - | 3.000x |" in out and "| copy oracle | edit | 32 |" in out
+    from aded_edge.cli import main
+    assert main(["simulate", str(path), "--oracle"]) == 1   # no cost curve: one line, exit 1
