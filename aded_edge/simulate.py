@@ -55,8 +55,7 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
         matrix.update(prompt)
         calibrator.new_text()
         history = list(prompt) + truth[:1]   # the first token comes from the prompt pass
-        lookup = ContextLookup(history, config.copy_ngram, rec.get("ends", ()),   # (older recordings: none)
-                               dict(rec.get("indents", ())))
+        lookup = _lookup(rec, history, config.copy_ngram)
         out = truth[:1]
         pending = 1                          # tokens emitted but not yet in the (simulated) KV cache
         while len(out) < len(truth):
@@ -86,8 +85,7 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
         if out != truth:
             raise AssertionError("replay did not reproduce the recorded output")
         c["tokens"] += len(truth) - 1
-    total = {k: sum(c[k] for c in counts.values()) for k in COUNTS}
-    return dict(_summary(total, nodes, cost), by_workload={w: _summary(c, nodes, cost) for w, c in counts.items()})
+    return _totals(counts, nodes, cost)
 
 
 def copy_oracle(recorded: list[dict], cost: CostModel, depth: int, min_order: int = 2) -> dict:
@@ -100,7 +98,7 @@ def copy_oracle(recorded: list[dict], cost: CostModel, depth: int, min_order: in
     for rec in recorded:
         prompt, truth = rec["prompt"], rec["output"]
         c = counts.setdefault(rec.get("workload", "-"), dict.fromkeys(COUNTS, 0))
-        lookup = ContextLookup(list(prompt) + truth[:1], min_order, rec.get("ends", ()), dict(rec.get("indents", ())))
+        lookup = _lookup(rec, list(prompt) + truth[:1], min_order)
         at = 1
         while at < len(truth):
             chain, _ = lookup.chain(depth)
@@ -115,8 +113,19 @@ def copy_oracle(recorded: list[dict], cost: CostModel, depth: int, min_order: in
             lookup.extend(truth[at:at + k + 1])
             at += k + 1
         c["tokens"] += len(truth) - 1
+    return _totals(counts, depth, cost)
+
+
+def _lookup(rec: dict, history: list, min_order: int) -> ContextLookup:
+    """The copy index of a recording's text, with its end and indentation tokens (older
+    recordings: none)."""
+    return ContextLookup(history, min_order, rec.get("ends", ()), dict(rec.get("indents", ())))
+
+
+def _totals(counts: dict, nodes: int, cost: CostModel) -> dict:
+    """The summary over every workload's counts, and per workload."""
     total = {k: sum(c[k] for c in counts.values()) for k in COUNTS}
-    return dict(_summary(total, depth, cost), by_workload={w: _summary(c, depth, cost) for w, c in counts.items()})
+    return dict(_summary(total, nodes, cost), by_workload={w: _summary(c, nodes, cost) for w, c in counts.items()})
 
 
 def _summary(c: dict, nodes: int, cost: CostModel) -> dict:
