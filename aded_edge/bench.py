@@ -218,6 +218,21 @@ class PeerTool:
                      text=r.get("text"), tool_tok_s=r["decode_tok_s"])
 
 
+def median_run(runs: list) -> "Timed":
+    """The run of median decode speed (of an even count, the slower of the middle two)."""
+    return sorted(runs, key=lambda r: r.decode_tok_s)[(len(runs) - 1) // 2]
+
+
+def run_spread(rows: list[dict]) -> str:
+    """Per system, the median over prompts of (fastest run / slowest run - 1), in percent."""
+    by: dict = {}
+    for r in rows:
+        ts = [t for t in r.get("runs_tok_s", []) if t > 0]
+        if len(ts) > 1:
+            by.setdefault(r["system"], []).append(max(ts) / min(ts) - 1)
+    return ", ".join(f"{s} {100 * float(np.median(v)):.1f}%" for s, v in by.items()) or "-"
+
+
 def same_text(a: str | None, b: str) -> bool:
     """Outputs agree as far as both go (a peer may stop a few tokens earlier or later)."""
     if a is None:
@@ -365,9 +380,13 @@ def corpus_info(fingerprint: str) -> dict:
 
 def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int = 128, systems=("plain", "aded", "prompt-lookup"),
               seed: int = 0, threads: int | None = None, n_ctx: int = 4096, out_dir=None, progress=None,
-              n_gpu_layers: int = 0, draft=None) -> dict:
+              n_gpu_layers: int = 0, draft=None, repeat: int = 1) -> dict:
     """Every system on every prompt, interleaved; `draft`: the aded systems' DraftConfig (see
-    make_system). Writes rows.jsonl (header first), recorded.jsonl and summary.md to out_dir."""
+    make_system). With repeat > 1 each system runs each prompt that many times, every run from the
+    same learnt state (AdedLlama.snapshot), and its median run stands for it. Writes rows.jsonl
+    (header first), recorded.jsonl and summary.md to out_dir."""
+    if repeat < 1:
+        raise ValueError("repeat must be >= 1")
     from .config import DraftConfig
     from .gguf import read_gguf
     from .llama import system_info
@@ -400,12 +419,18 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
         tokens = base.chat_tokens(p["messages"])
         body = tokens[1:] if tokens and tokens[0] == base.token_bos() else tokens  # the programs add BOS themselves
         text = base.detokenize(body, special=True).decode("utf-8", errors="replace")
-        results = {}
-        for s in interleaved(order, i):
-            d = decoders[s]
-            results[s] = d.run(text, max_tokens) if isinstance(d, PeerTool) else timed_generate(d, tokens, max_tokens, eog)
-            if progress:
-                progress(1)
+        runs = {s: [] for s in order}
+        saved = {s: d.snapshot() for s, d in decoders.items() if repeat > 1 and hasattr(d, "snapshot")}
+        for r in range(repeat):
+            for s in interleaved(order, i + r):
+                d = decoders[s]
+                if r and s in saved:
+                    d.restore(saved[s])   # every run of the prompt starts from what the earlier prompts taught
+                runs[s].append(d.run(text, max_tokens) if isinstance(d, PeerTool)
+                               else timed_generate(d, tokens, max_tokens, eog))
+                if progress:
+                    progress(1)
+        results = {s: median_run(rs) for s, rs in runs.items()}
         ref = results["plain"]
         ref_text = base.detokenize(ref.tokens).decode("utf-8", errors="replace")
         recorded.append(dict(workload=p["workload"], id=p["id"], n_vocab=base.n_vocab(), prompt=tokens,
@@ -415,20 +440,22 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
             st = r.stats
             rows.append(dict(workload=p["workload"], id=p["id"], system=s, prompt_tokens=len(tokens),
                              tokens=len(r.tokens) if r.text is None else None, first_s=r.first_s, total_s=r.total_s,
-                             decode_tok_s=r.decode_tok_s,
+                             decode_tok_s=r.decode_tok_s, runs_tok_s=[x.decode_tok_s for x in runs[s]],
                              speedup=r.decode_tok_s / ref.decode_tok_s if ref.decode_tok_s else float("nan"),
                              tokens_per_step=st.get("tokens_per_step", float("nan")),   # nan: not reported
                              draft_ms_per_step=st.get("draft_ms_per_step", 0.0),
                              verify_ms_per_step=st.get("verify_ms_per_step", 0.0),
                              drafted=st.get("drafted"), accepted=st.get("accepted"),  # None: not reported
                              accept_hist=st.get("accept_hist", {}),
-                             identical=r.tokens == ref.tokens if r.text is None else same_text(r.text, ref_text)))
+                             identical=all(x.tokens == ref.tokens if x.text is None else same_text(x.text, ref_text)
+                                           for x in runs[s])))
     summary = summarise(rows)
     aded = decoders.get("aded")
     cost = dict(sizes=[float(x) for x in aded.cost.sizes], seconds=[float(x) for x in aded.cost.seconds],
                 switch=aded.cost.switch, verify_batch=aded._pad) if aded else {}
     header = dict(model=os.path.basename(path), architecture=gguf.architecture, quantization=gguf.quantization,
                   threads=common["n_threads"], n_gpu_layers=n_gpu_layers, max_tokens=max_tokens, per_workload=per_workload, seed=seed,
+                  repeat=repeat,
                   systems=list(systems), skipped=skipped, machine=machine_info(system_info()), cost_curve=cost,
                   draft=dataclasses.asdict(draft),
                   **corpus_info(vocab[0]),
@@ -451,7 +478,11 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
               f"aded corpus matrix: {header['corpus']}\n"
               + (f"aded draft settings (not the defaults): {changed}\n" if changed else "")
               + "".join(f"skipped {s}: {why}\n" for s, why in skipped.items())
-              + f"speedup = decode tokens/s over plain llama.cpp on the same prompt in the same run\n\n{table}\n")
+              + f"speedup = decode tokens/s over plain llama.cpp on the same prompt in the same run\n"
+              + (f"{repeat} runs per system and prompt, each from the same learnt state; a prompt's speed is its median "
+                 f"run's (for an even count the slower middle one); run-to-run spread (fastest / slowest run - 1, "
+                 f"median over prompts): {run_spread(rows)}\n" if repeat > 1 else "")
+              + f"\n{table}\n")
     if cost:
         rel = ", ".join(f"k={int(k)}: {c / cost['seconds'][0]:.2f}x" for k, c in zip(cost["sizes"], cost["seconds"]))
         shape = (f"every step one decode of {cost['verify_batch']} rows (padded)" if cost.get("verify_batch") else

@@ -667,8 +667,11 @@ def matrix_reset(model, everything):
 @click.option("-o", "--out", "out_dir", default=None, help="Output folder (default bench-out/<time>).")
 @click.option("-ngl", "--n-gpu-layers", "--gpu-layers", "n_gpu_layers", type=click.IntRange(-1), metavar="N", default=0,
               show_default=True, help="Model layers on the GPU for every system (-1 = all; a GPU build of llama.cpp).")
+@click.option("-r", "--repeat", "--repetitions", "repeat", type=click.IntRange(1, 20), default=1, show_default=True,
+              help="Runs of every system on every prompt, each from the same learnt state; the median run counts "
+                   "and the report gives the run-to-run spread.")
 @_draft_options(only=("--max-nodes", "--max-depth", "--simulations", "--verify-batch"))
-def bench(model, workloads, per_workload, max_tokens, systems, seed, threads, n_ctx, out_dir, n_gpu_layers,
+def bench(model, workloads, per_workload, max_tokens, systems, seed, threads, n_ctx, out_dir, n_gpu_layers, repeat,
           max_nodes, max_depth, simulations, verify_batch):
     """Speed against plain llama.cpp, same run, same machine; writes JSONL rows, a markdown
     summary and plots. --max-nodes, --max-depth, --simulations and --verify-batch set the aded
@@ -683,12 +686,12 @@ def bench(model, workloads, per_workload, max_tokens, systems, seed, threads, n_
     for s in sy:
         if s not in SYSTEMS:
             raise UserError(f"unknown system {s!r}; known: {', '.join(SYSTEMS)}")
-    total = len(wl) * per_workload * len(set(sy) | {"plain"})  # an upper bound: systems may be skipped
+    total = len(wl) * per_workload * len(set(sy) | {"plain"}) * repeat  # an upper bound: systems may be skipped
     with _bar(total, "bench") as update:
         result = run_bench(model, wl, per_workload, max_tokens, tuple(dict.fromkeys(sy)), seed, threads, n_ctx,
                            out_dir, progress=update, n_gpu_layers=n_gpu_layers,
                            draft=DraftConfig(max_nodes=max_nodes, max_depth=max_depth, n_simulations=simulations,
-                                             verify_batch=verify_batch))
+                                             verify_batch=verify_batch), repeat=repeat)
     click.echo(result["report"])
 
 

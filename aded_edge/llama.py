@@ -10,6 +10,7 @@ One step of the loop in `_speculate`: draft -> verify -> accept -> update.
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import hashlib
 import json
@@ -248,6 +249,26 @@ class AdedLlama(llama_cpp.Llama):
             except MatrixFileError as e:
                 self.matrix_notes.append(f"adaptive matrix ignored: {e} (aded-edge matrix reset clears it)")
         return m
+
+    def snapshot(self):
+        """A copy of what decoding has learnt so far (the matrix's adaptive table, the reach
+        calibration, the cost model's online corrections, and which tokens the KV cache held, all of
+        them learnt), for restore(): the benchmark's repeats of one prompt each start from it."""
+        m = self.matrix
+        return copy.deepcopy(((m.keys, m.rowof, m.succ, m.w, m.n_rows), self._calibrators, self.cost,
+                              self.input_ids[:self.n_tokens]))
+
+    def restore(self, snapshot) -> None:
+        """Go back to the state snapshot() saw; the snapshot stays usable for another restore. Of
+        the KV cache only the prefix it shared with the snapshot's counts as known: a prompt learns
+        the matrix only past the prefix it reuses (_speculate), so the rest must be evaluated and
+        learnt again."""
+        table, self._calibrators, self.cost, held = copy.deepcopy(snapshot)
+        m = self.matrix
+        m.keys, m.rowof, m.succ, m.w, m.n_rows = table
+        n = min(len(held), self.n_tokens)
+        same = self.input_ids[:n] == held[:n]
+        self.n_tokens = int(n if same.all() else np.argmin(same))
 
     def save_matrix(self) -> None:
         """Persist the adaptive weights for the next run of this model (atomic; no-op when

@@ -172,3 +172,47 @@ def test_copy_oracle_verifies_each_copy_exactly_as_far_as_it_goes(tmp_path):
     assert "| copy oracle | - | 32 | 3.00 | 26/26 | - | 3.000x |" in out and "| copy oracle | edit | 32 |" in out
     from aded_edge.cli import main
     assert main(["simulate", str(path), "--oracle"]) == 1   # no cost curve: one line, exit 1
+
+
+def test_restore_takes_decoding_back_to_its_snapshot(plain, aded_tree):
+    """bench --repeat: after restore() what decoding learnt since snapshot() is gone, so the same
+    prompt drafts exactly the same trees again (whole fixed trees: no timing enters the choice);
+    without the restore the next run starts from what the last one taught and drafts better."""
+    import itertools
+    import numpy as np
+    prompt = plain.tokenize(b"# Compute the sum and the difference of two numbers.\ndef add(a, b):\n")
+    m = aded_tree.matrix
+
+    def table():
+        return [a.copy() for a in (m.keys, m.rowof, m.succ, m.w, m.n_rows)]
+
+    def run():
+        out = list(itertools.islice(aded_tree.generate(prompt, temp=0.0), 40))
+        s = aded_tree.last_stats
+        return out, (s.steps, s.drafted, s.accepted, dict(s.accept_hist))
+
+    saved, before = aded_tree.snapshot(), table()
+    first = run()
+    assert m.adaptive_rows > int(before[4][0])            # the run taught the matrix something
+    for _ in range(2):                                     # the snapshot serves any number of restores
+        aded_tree.restore(saved)
+        assert all(np.array_equal(a, b) for a, b in zip(table(), before))
+        assert run() == first
+    third = run()                                          # no restore: it has seen this answer already
+    assert third[0] == first[0] and third[1][2] > first[1][2]
+
+
+def test_repeated_bench_keeps_every_run_and_counts_the_median(model_path, tmp_path):
+    if shared_data_dir() is None:
+        pytest.skip("../shared/data is not beside the repository")
+    result = run_bench(model_path, ["math"], 1, 12, ("plain", "aded"), seed=0, threads=2, out_dir=tmp_path, repeat=3)
+    lines = (tmp_path / "rows.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["header"]["repeat"] == 3
+    rows = {r["system"]: r for r in map(json.loads, lines[1:])}
+    for r in rows.values():
+        assert len(r["runs_tok_s"]) == 3 and r["decode_tok_s"] == sorted(r["runs_tok_s"])[1]
+    assert rows["aded"]["speedup"] == pytest.approx(rows["aded"]["decode_tok_s"] / rows["plain"]["decode_tok_s"])
+    assert rows["plain"]["identical"] and "3 runs per system and prompt" in result["report"]
+    assert re.search(r"run-to-run spread .*: plain \d+\.\d%, aded \d+\.\d%", result["report"])
+    with pytest.raises(ValueError):
+        run_bench(model_path, ["math"], 1, 12, ("plain",), repeat=0, out_dir=tmp_path)

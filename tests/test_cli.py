@@ -179,6 +179,10 @@ def test_bench_gpu_layers_reach_every_system(monkeypatch):
     assert main(["bench", "--max-nodes", "256"]) != 0 and not seen
     assert main(["bench", "--verify-batch", "2"]) != 0 and not seen
     assert main(["bench", "-ngl", "-1", "--verify-batch", "16"]) == 0 and seen["draft"].verify_batch == 16
+    assert seen["repeat"] == 1
+    assert main(["bench", "-r", "3"]) == 0 and seen["repeat"] == 3
+    seen.clear()
+    assert main(["bench", "--repeat", "0"]) != 0 and not seen
 
 
 def test_cuda_build_reruns_the_command_with_libstdcxx_preloaded(monkeypatch):
