@@ -722,7 +722,10 @@ def simulate(recorded, sizes, corpus_path, costs_path, settings, by_workload, or
         raise UserError("--sizes must be in 0..255")
     if oracle and not costs_path:
         raise UserError("--oracle needs --costs (a cost curve to price the oracle's steps)")
-    config = DraftConfig().with_settings(settings)
+    try:
+        config = DraftConfig().with_settings(settings)
+    except ValueError as e:
+        raise UserError(f"--set: {e}") from None
     click.echo(run_simulation(recorded, sizes=ns, config=config, corpus=corpus_path, costs=costs_path,
                               by_workload=by_workload, oracle=oracle))
 

@@ -65,7 +65,7 @@ class DraftConfig:
             name, sep, value = str(item).partition("=")
             name = name.strip().replace("-", "_")
             if not sep or name not in fields:
-                raise ValueError(f"--set needs NAME=VALUE with NAME one of {', '.join(fields)}; got {item!r}")
+                raise ValueError(f"a setting is NAME=VALUE with NAME one of {', '.join(fields)}; got {item!r}")
             kind = fields[name]
             try:
                 if kind is bool:
@@ -75,7 +75,7 @@ class DraftConfig:
                 else:
                     changes[name] = kind(value.strip())
             except ValueError:
-                raise ValueError(f"--set {name}: {value!r} is not a valid {kind.__name__}") from None
+                raise ValueError(f"setting {name}: {value!r} is not a valid {kind.__name__}") from None
         return self.replace(**changes)
 
     def changes(self) -> str:

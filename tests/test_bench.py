@@ -92,7 +92,7 @@ def test_replay_counts_steps_exactly():
     assert r["tokens"] - r["steps"] <= r["accepted"] <= r["tokens"] - r["steps"] + 1
 
 
-def test_simulate_replays_changed_settings_and_splits_by_workload(tmp_path):
+def test_simulate_replays_changed_settings_and_splits_by_workload(tmp_path, capsys):
     """`simulate --set` replays a changed DraftConfig (named in the report) and `--by-workload`
     adds one row per workload: the A/B of a drafting change without a model."""
     from aded_edge.config import DraftConfig
@@ -115,7 +115,10 @@ def test_simulate_replays_changed_settings_and_splits_by_workload(tmp_path):
         with pytest.raises(ValueError, match=re.escape(fragment)):
             DraftConfig().with_settings(bad)
     from aded_edge.cli import main
+    capsys.readouterr()
     assert main(["simulate", str(path), "--set", "nosuch=1"]) == 1   # the CLI: one line, exit 1
+    err = capsys.readouterr().err.strip()
+    assert "--set: a setting is NAME=VALUE" in err and len(err.splitlines()) == 1
 
 
 def test_replay_with_a_cost_curve_lets_the_budget_decide():
