@@ -266,9 +266,7 @@ class AdedLlama(llama_cpp.Llama):
         table, self._calibrators, self.cost, held = copy.deepcopy(snapshot)
         m = self.matrix
         m.keys, m.rowof, m.succ, m.w, m.n_rows = table
-        n = min(len(held), self.n_tokens)
-        same = self.input_ids[:n] == held[:n]
-        self.n_tokens = int(n if same.all() else np.argmin(same))
+        self.n_tokens = common_prefix(self.input_ids[:self.n_tokens], held)
 
     def save_matrix(self) -> None:
         """Persist the adaptive weights for the next run of this model (atomic; no-op when
@@ -516,9 +514,7 @@ class AdedLlama(llama_cpp.Llama):
         """Evaluate the prompt so the KV cache holds exactly it and the last logits row is its
         last token's, reusing the longest common prefix with what the cache holds now (at least
         one token is evaluated). Returns the number of reused tokens."""
-        n = min(len(prompt) - 1, self.n_tokens)
-        same = self.input_ids[:n] == np.asarray(prompt[:n], dtype=self.input_ids.dtype)
-        reuse = int(n if same.all() else np.argmin(same))
+        reuse = common_prefix(self.input_ids[:min(len(prompt) - 1, self.n_tokens)], prompt)
         mem = llama_cpp.llama_get_memory(self._ctx.ctx)
         if not llama_cpp.llama_memory_seq_rm(mem, -1, reuse, -1):
             llama_cpp.llama_memory_clear(mem, True)
@@ -592,6 +588,13 @@ class AdedLlama(llama_cpp.Llama):
         end = llama_cpp.llama_memory_seq_pos_max(mem, 0)
         return all(llama_cpp.llama_memory_seq_pos_min(mem, s) in (-1, 0) and llama_cpp.llama_memory_seq_pos_max(mem, s) <= end
                    for s in range(1, upto))
+
+
+def common_prefix(a, b) -> int:
+    """Length of the longest common prefix of two token sequences."""
+    n = min(len(a), len(b))
+    same = np.asarray(a[:n]) == np.asarray(b[:n])
+    return int(n if same.all() else np.argmin(same))
 
 
 def vocab_fingerprint(vocab) -> str:
