@@ -74,6 +74,8 @@ def walk_tree(tree: DraftTree, choice: Callable[[int], int]):
     1 + j = node j), chosen from that row's logits. Returns (accepted node indices, emitted tokens):
     at least 1 token, at most len(accepted) + 1, the last one being the bonus token that is not in
     the KV cache yet."""
+    if not len(tree):   # a plain step
+        return [], [choice(0)]
     children: dict[tuple[int, int], int] = {}
     for j in range(len(tree)):
         children[(int(tree.parents[j]), int(tree.tokens[j]))] = j

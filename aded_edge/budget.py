@@ -42,6 +42,7 @@ SIMS_PER_NODE = 4        # MCTS simulations per node of the trees the budget has
 MIN_SIMS = 32            # ... but never fewer than this (replay: 30 sims pick the same 4- to 16-node
                          # trees as 150; a 64-node tree needs the config's 150)
 SIZE_EMA = 0.1           # weight of one search in the running size of the trees it ends in
+NO_DRAFT = DraftTree.empty()   # what a step that drafts nothing verifies (one shared, empty tree)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -131,6 +132,18 @@ def _pay_threshold(table, overhead, overhead_plain, max_k, min_gain, extra):
     for k in range(1, min(max_k, table.shape[0] - 2) + 1):
         best = min(best, ((1.0 + min_gain) * (table[k + 1] + overhead + extra) / plain - 1.0) / k)
     return best
+
+
+@njit(cache=True)
+def _probe_pays(depth, prob, seen, copied, parents, hits, tries, text_hits, text_tries, edges, trust,
+                table, overhead, overhead_plain, max_k, min_gain, extra):
+    """Whether the probe's best node, calibrated and trusted, beats the pay threshold: predict,
+    max and threshold in one call, since the probe runs every step, right after a decode has
+    swept the caches (where each call costs tens of microseconds, a third of them dispatch)."""
+    if depth.shape[0] == 0:
+        return False
+    q = _predict(depth, prob, seen, copied, parents, hits, tries, text_hits, text_tries, edges)
+    return q.max() * trust > _pay_threshold(table, overhead, overhead_plain, max_k, min_gain, extra)
 
 
 # ----------------------------------------------------------------------------- wrappers
@@ -293,7 +306,7 @@ class ReachCalibrator:
     def track(self, tree: DraftTree, start: int) -> None:
         """Remember a tree drafted to continue history[:start], to be labelled as the text goes on."""
         if len(tree):
-            self._waiting.append([tree, start, 0, int(tree.depth.max())])
+            self._waiting.append([tree, start, 0, max(tree.depth.tolist())])   # (cheaper than .max() per step)
 
     def learn(self, history) -> None:
         """Label the remembered trees' nodes whose true tokens are now in history, LABEL_CHUNK
@@ -323,6 +336,13 @@ class ReachCalibrator:
         """Calibrated reach probability of every node, never above its parent's (before trust)."""
         return _predict(tree.depth, tree.prob, tree.seen, tree.copied, tree.parents, self.hits, self.tries,
                         self.text_hits, self.text_tries, P_EDGES)
+
+    def pays(self, tree: DraftTree, trust: float, cost: CostModel, max_k: int = 64, min_gain: float = 0.0) -> bool:
+        """Whether the tree's best node, predicted and times trust, beats pay_threshold(cost,
+        max_k, min_gain): some prefix of a tree grown from it could pay for a batch."""
+        return bool(_probe_pays(tree.depth, tree.prob, tree.seen, tree.copied, tree.parents, self.hits, self.tries,
+                                self.text_hits, self.text_tries, P_EDGES, trust, cost.table, cost.overhead,
+                                cost.overhead_plain, max_k, min_gain, cost.tree_extra))
 
     def observe(self, tree: DraftTree, truth) -> None:
         """Label each node whose depth the true continuation covers (reached or not) and learn."""
@@ -356,7 +376,7 @@ def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, c
     (an object with draft(history, max_nodes, max_depth) -> DraftTree) replaces the MCTS search,
     the copy chain and the probe."""
     if max_nodes <= 0 or max_depth <= 0:
-        return DraftTree.empty(), DraftTree.empty(), 0.0
+        return NO_DRAFT, NO_DRAFT, 0.0
     auto = cfg.budget == "auto"
     trust = calibrator.trust if auto else 1.0
     if drafter is not None:
@@ -365,9 +385,8 @@ def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, c
         chain, order = lookup.chain(min(max_depth, cfg.copy_depth)) if lookup is not None else ([], 0)
         if auto:  # q never rises from parent to child: if no first token can pay, no tree can
             probe = probe_tree(matrix, history[-2:], chain, order)   # (its best q is a first token's)
-            if not len(probe) or (calibrator.predict(probe).max() * trust
-                                  <= pay_threshold(cost, max_nodes, cfg.min_gain)):
-                return probe, probe.head(0), 0.0
+            if not calibrator.pays(probe, trust, cost, max_nodes, cfg.min_gain):
+                return probe, NO_DRAFT, 0.0
         sims = calibrator.search_sims(cfg) if auto else cfg.n_simulations
         full = build_draft(matrix, history[-2:], cfg, max_nodes=max_nodes, max_depth=max_depth, n_simulations=sims)
         full = with_copy_chain(full, chain, order)

@@ -24,7 +24,7 @@ from llama_cpp import _internals
 
 from . import models, store
 from .accept import Sampling, make_chooser, rejected_choices, walk_tree
-from .budget import CostModel, ReachCalibrator, draft_step, warm_up
+from .budget import NO_DRAFT, CostModel, ReachCalibrator, draft_step, warm_up
 from .config import DraftConfig
 from .draft import ContextLookup, DraftTree, indent_class, tree_layout
 from .gguf import read_gguf
@@ -38,6 +38,8 @@ COST_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 17, 20, 24, 32, 33, 40, 48, 64, 9
 COST_REPEATS = 3          # median of this many timings per size
 COST_RUN = 6              # one-token decodes timed after a tree per round: a run of plain steps
 COST_PREFIX = 64          # KV entries present while measuring (the curve is rescaled online)
+LEARN_EVERY = 4           # plain steps (no draft verified) learn once this many tokens wait: each call
+                          # after a decode costs tens of microseconds (cold caches), little work each
 COST_MAX_SPREAD = 0.25    # a calibration whose repeats differ more than this (median relative spread)
                           # was disturbed by other load: it is used for this session but not cached
 
@@ -438,6 +440,7 @@ class AdedLlama(llama_cpp.Llama):
         stats.generated += 1
         yield first
         learn = None   # the last step's learning, where it runs while the GPU verifies the next tree
+        learnt = len(history)   # history[:learnt] is in the matrix and offered to the calibration
         try:
             while True:
                 pending = history[n_past:]    # emitted, not yet in the KV cache: usually one token
@@ -462,22 +465,27 @@ class AdedLlama(llama_cpp.Llama):
                                               else lambda r: choose(self._logits_row(base + r)))
                 kept = next((j for j, node in enumerate(accepted) if node != j), len(accepted))
                 self._commit(len(pending), accepted[:kept], n_seqs, n_past)
-                self.input_ids[n_past:n_past + len(pending)] = pending
-                self.input_ids[n_past + len(pending):n_past + len(pending) + kept] = tree.tokens[:kept]
+                written = pending + tree.tokens[:kept].tolist() if kept else pending
+                for j, tok in enumerate(written):   # usually one token: cheaper than a numpy slice
+                    self.input_ids[n_past + j] = tok
                 n_past += len(pending) + kept
                 self.n_tokens = n_past
                 # update: the copy index and the trust now (the next draft needs them); the matrix
-                # and the calibration's labels now on a CPU, during the next decode on a GPU
+                # and the calibration's labels now on a CPU, during the next decode on a GPU, and
+                # after plain steps once LEARN_EVERY tokens wait
                 start = len(history)
                 history.extend(emitted)
                 lookup.extend(emitted)
                 if self.drafter is not None:
                     self.drafter.update(emitted)
                 calibrator.settle(expected, len(accepted))
-                learn = self._learning(calibrator, history, start, full, tree, accepted, top)
-                if not self._overlap:   # a CPU decodes synchronously: nothing to overlap
-                    learn()
-                    learn = None
+                calibrator.track(full, start)
+                if len(tree) or len(history) - learnt >= LEARN_EVERY:   # a plain step's lessons can wait
+                    learn = self._learning(calibrator, history, learnt, tree, accepted, top, history[start - 1])
+                    learnt = len(history)
+                    if not self._overlap:   # a CPU decodes synchronously: nothing to overlap
+                        learn()
+                        learn = None
                 t3 = time.perf_counter()
                 cost.observe(len(pending) + k, t2 - t1, (t1 - t0) + (t3 - t2), drafted=k > 0)
                 stats.record_step(k, len(accepted))
@@ -495,18 +503,21 @@ class AdedLlama(llama_cpp.Llama):
         finally:
             if learn is not None:   # the generation ended before the next decode
                 learn()
+            if learnt < len(history):   # plain steps whose lessons were still waiting
+                self._learning(calibrator, history, learnt, NO_DRAFT, [], None, -1)()
 
-    def _learning(self, calibrator: ReachCalibrator, history: list, start: int, full: DraftTree, tree: DraftTree,
-                  accepted: list, top: np.ndarray):
-        """What a step teaches, as a function to run now or while the next tree is verified (the
-        next step extends history only after its decode): to the matrix the emitted tokens
-        (history[start:]) and, for every rejected node, the model's own next token; to the
-        calibration the labels of the trees the text has now overtaken."""
+    def _learning(self, calibrator: ReachCalibrator, history: list, start: int, tree: DraftTree, accepted: list,
+                  top: np.ndarray | None, pending: int):
+        """What the steps since history[:start] teach, as a function to run now or while the next
+        tree is verified (the next step extends history only after its decode): to the matrix the
+        tokens emitted since (history[start:]) and, for every node of the last step's tree (drafted
+        after `pending`) that was rejected, the model's own next token; to the calibration the
+        labels of the trees the text has now overtaken (tracked when they were drafted)."""
+        end = len(history)
         def learn():
-            self.matrix.update(history[start - 2:], start=2)
+            self.matrix.update(history[start - 2:end], start=2)
             if self.draft_config.adapt_rejected and self.drafter is None and len(accepted) < len(tree):
-                self.matrix.update_grams(*rejected_choices(tree, accepted, top, history[start - 1]))
-            calibrator.track(full, start)
+                self.matrix.update_grams(*rejected_choices(tree, accepted, top, pending))
             calibrator.learn(history)
         return learn
 

@@ -164,6 +164,30 @@ def test_learning_during_the_next_decode_keeps_output_and_lessons(plain, model_p
     assert sum(overlapped) > 10
 
 
+def test_plain_steps_learn_in_batches_and_nothing_is_lost(plain, model_path, scorer):
+    """On a CPU a step that verified no draft leaves its lessons (the matrix, the calibration's
+    labels) for a few more tokens: one update per LEARN_EVERY tokens, not one per step. The output
+    stays the model's own and, once the consumer stops (at a token count that is no multiple of
+    LEARN_EVERY), every tri-gram of the text is in the matrix."""
+    from aded_edge.budget import CostModel
+    from aded_edge.llama import LEARN_EVERY, AdedLlama
+    from conftest import LLAMA
+    llm = AdedLlama(model_path, **LLAMA, calibrate=False, persist=False, corpus=False)
+    llm.cost = CostModel([1, 65], [0.010, 0.65])   # a batch token costs a whole step: no draft pays
+    updates, update = [], llm.matrix.update
+    llm.matrix.update = lambda tokens, start=0: (updates.append(len(tokens) - start), update(tokens, start))[1]
+    prompt = tokens_of(plain, PROMPTS[0])
+    got = first_n(llm.generate(prompt, temp=0.0), 38)
+    assert_greedy_throughout(scorer, prompt, got, repr(PROMPTS[0][:40]))
+    assert llm.last_stats.drafted == 0 and llm.last_stats.steps == 37
+    assert len(updates) == 1 + 37 // LEARN_EVERY + 1       # the prompt, every 4 tokens, the rest at the close
+    assert sum(updates) == len(prompt) + 38
+    seq = prompt + got
+    missing = [tuple(seq[i - 2:i + 1]) for i in range(2, len(seq))
+               if seq[i] not in llm.matrix.successors(seq[i - 2], seq[i - 1])[0].tolist()]
+    assert not missing, f"tri-grams the matrix did not learn: {missing}"
+
+
 def test_fixed_shape_verification_matches_plain(plain, model_path, scorer):
     """verify_batch=8 (what a CUDA GPU gets automatically): every step is one decode of exactly
     8 rows with 8 outputs and every sequence id, the idle rows in spare sequences that no branch
