@@ -32,7 +32,8 @@ COST_EMA = 0.05          # weight of one step's timing in the online cost scale
 SWITCH_EMA = 0.1         # weight of one step in the shape-switch cost estimate
 OVERHEAD_EMA = 0.1       # weight of one step in the per-step overhead estimate
 TABLE_SIZE = 258         # batch sizes 0..257 kept as a lookup table (a tree has at most 255 nodes)
-TABLE_REFRESH = 8        # steps between rebuilds of that table from the corrected curve
+TABLE_REFRESH = 32       # steps between rebuilds of that table from the corrected curve (a rebuild
+                         # costs ~150 us after a decode; COST_EMA moves a point over ~20 steps)
 MIN_SEEN = 8             # real steps at a point of the curve before it stops following size 1
 TRUST_DECAY = 0.95       # per verified tree: weight left to older trees in the trust estimate
 TRUST_FORGET = 0.98      # per plain step: drafting is forgotten slowly, so trust recovers to test again
@@ -244,7 +245,7 @@ class CostModel:
             rare = self._seen < MIN_SEEN
             self.seconds[rare] = self._calibrated[rare] * (self.seconds[0] / self._calibrated[0])
             self.seconds = _plausible(self.sizes, self.seconds, 1.0 + self._seen)
-            self._table = None
+            self._table = self.base(np.arange(TABLE_SIZE)) * self.scale   # now: from the plausible curve
             self._pending = 0
 
 
