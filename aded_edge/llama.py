@@ -9,6 +9,7 @@ One step of the loop in `_speculate`: draft -> verify -> accept -> update.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import ctypes
@@ -16,6 +17,7 @@ import hashlib
 import json
 import os
 import time
+import weakref
 from pathlib import Path
 
 import llama_cpp
@@ -137,6 +139,8 @@ class AdedLlama(llama_cpp.Llama):
             if calibrate:
                 self.cost = self._cost_curve()
             self._warm_up()
+        self._closed = False   # set up: close() saves the matrix (see there)
+        _OPEN.add(self)
 
     # ------------------------------------------------------------------ set-up
     def _warm_up(self) -> None:
@@ -277,7 +281,12 @@ class AdedLlama(llama_cpp.Llama):
             self.matrix.save(store.paths(self.vocab_fingerprint()).adaptive, part="adaptive")
 
     def close(self) -> None:
-        if getattr(self, "matrix", None) is not None:
+        """Save the adaptive matrix (once) and free the model. Instances still open when the
+        interpreter exits are closed by an atexit hook, while the modules saving needs still
+        work (from __del__ at shutdown the save would fail with a traceback)."""
+        if not getattr(self, "_closed", True):   # (an instance whose set-up failed has nothing to save)
+            self._closed = True
+            _OPEN.discard(self)
             with contextlib.suppress(OSError):  # an unwritable cache only loses the warm start
                 self.save_matrix()
         super().close()
@@ -599,6 +608,15 @@ class AdedLlama(llama_cpp.Llama):
         end = llama_cpp.llama_memory_seq_pos_max(mem, 0)
         return all(llama_cpp.llama_memory_seq_pos_min(mem, s) in (-1, 0) and llama_cpp.llama_memory_seq_pos_max(mem, s) <= end
                    for s in range(1, upto))
+
+
+_OPEN = weakref.WeakSet()   # AdedLlama instances not closed yet
+
+
+@atexit.register
+def _close_open() -> None:
+    for llm in list(_OPEN):
+        llm.close()
 
 
 def common_prefix(a, b) -> int:

@@ -47,6 +47,21 @@ def test_adaptive_matrix_persists_between_runs(model_path, cache):
     cold.close()
 
 
+def test_a_script_that_never_closes_its_model_still_saves_it_and_exits_quietly(model_path, cache):
+    """The README's Python example as a script, without close(): at exit the adaptive matrix is
+    saved (an atexit hook closes what is still open) and nothing is printed (from __del__ during
+    interpreter shutdown the save failed with a traceback and the matrix was lost)."""
+    import subprocess
+    import sys
+    script = ("from aded_edge import AdedLlama\n"
+              f"llm = AdedLlama({model_path!r}, n_ctx=256, n_threads=2, verbose=False, calibrate=False)\n"
+              "print(llm.create_completion('def add(a, b):', max_tokens=8, temperature=0)['choices'][0]['text'])\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    assert list(cache.glob("matrices/*/adaptive.npz"))
+
+
 def test_corpus_matrix_of_the_model_is_used_and_foreign_ones_refused(model_path, cache, corpus_matrix):
     llm = _llm(model_path, persist=False)
     paths = store.paths(llm.vocab_fingerprint())
