@@ -58,6 +58,8 @@ def bad_files(tmp_path_factory, model_path):
         (d / "truncated.gguf").write_bytes(f.read(3_000_000))
     with open(model_path, "rb") as f:
         (d / "header-only.gguf").write_bytes(f.read(200))
+    with open(model_path, "rb") as f:
+        (d / "vocab-cut.gguf").write_bytes(f.read(100_000))   # inside the vocabulary's strings
     (d / "long.txt").write_text("word " * 3000)
     return d
 
@@ -83,9 +85,11 @@ def test_errors_are_one_line(bad_files, model_path):
 def test_gguf_reader_validates(bad_files, model_path):
     info = read_gguf(model_path)
     assert info.architecture == "llama" and info.quantization == "Q4_1" and info.vocab_size == 49152
-    for name in ("text.gguf", "truncated.gguf", "header-only.gguf", "missing.gguf"):
+    for name in ("text.gguf", "truncated.gguf", "header-only.gguf", "vocab-cut.gguf", "missing.gguf"):
         with pytest.raises(GGUFError):
             read_gguf(bad_files / name)
+    with pytest.raises(GGUFError, match="truncated"):
+        read_gguf(bad_files / "vocab-cut.gguf")
 
 
 def test_info_and_models_list(model_path):
