@@ -241,14 +241,17 @@ def same_text(a: str | None, b: str) -> bool:
     return n > 0 and a[:n] == b[:n]
 
 
-def timed_generate(llm, prompt_tokens, max_tokens: int, eog) -> Timed:
-    """Greedy generation of up to max_tokens, stopping after an end-of-generation token."""
+def timed_generate(llm, prompt_tokens, max_tokens: int, eog, on_first=None) -> Timed:
+    """Greedy generation of up to max_tokens, stopping after an end-of-generation token;
+    on_first() (if given) runs when the first token arrives, where decoding's time starts."""
     out = []
     t0 = time.perf_counter()
     first = 0.0
     for tok in llm.generate(prompt_tokens, temp=0.0):
         if not out:
             first = time.perf_counter() - t0
+            if on_first is not None:
+                on_first()
         out.append(tok)
         if len(out) >= max_tokens or eog(tok):
             break

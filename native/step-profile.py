@@ -17,7 +17,7 @@ from aded_edge import bench, budget, draft, models, trigram
 from aded_edge import llama as L
 
 SECONDS, CALLS = defaultdict(float), defaultdict(int)
-DECODE = [0.0]   # seconds inside llama_decode (and the synchronize after it), any caller
+DECODE = [0.0]   # seconds inside llama_decode, any caller
 
 
 def time_decodes():
@@ -80,14 +80,9 @@ def main():
     plain_s = plain_n = aded_s = aded_n = steps = plain_dec = aded_dec = 0   # decoding only: after the first token
 
     def decoding(llm, p):   # (seconds, tokens, seconds inside llama_decode) after the first token
-        out, t, dec = [], 0.0, 0.0
-        for tok in llm.generate(p, temp=0.0):   # as bench.timed_generate
-            if not out:
-                t, dec = time.perf_counter(), DECODE[0]
-            out.append(tok)
-            if len(out) >= 128 or eog(tok):
-                break
-        return time.perf_counter() - t, len(out) - 1, DECODE[0] - dec
+        at_first = []
+        r = bench.timed_generate(llm, p, 128, eog, on_first=lambda: at_first.append(DECODE[0]))
+        return r.total_s - r.first_s, len(r.tokens) - 1, DECODE[0] - at_first[0]
     for p in prompts:
         s, n, d = decoding(plain, p)
         plain_s, plain_n, plain_dec = plain_s + s, plain_n + n, plain_dec + d
