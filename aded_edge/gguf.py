@@ -18,6 +18,7 @@ GGML_BLOCKS = {
 FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
               11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
               17: "Q5_K_M", 18: "Q6_K", 30: "IQ4_XS", 32: "BF16"}
+MAX_STRING = 1 << 30     # a longer metadata string means a corrupt header
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
 
@@ -69,7 +70,7 @@ class _Reader:
 
     def string(self):
         n = self.take("<Q")
-        if n > 1 << 30:
+        if n > MAX_STRING:
             raise GGUFError("corrupt string length")
         b = self.f.read(n)
         if len(b) != n:
@@ -85,7 +86,7 @@ class _Reader:
             if len(b) != 8:
                 raise EOFError
             size = length(b)[0]
-            if size > 1 << 30:
+            if size > MAX_STRING:
                 raise GGUFError("corrupt string length")
             seek(size, os.SEEK_CUR)
 
