@@ -100,10 +100,10 @@ def _observe(depth, prob, seen, copied, parents, tokens, truth, done, hits, trie
 
 
 @njit(cache=True)
-def _best_size(q, table, overhead, min_q, min_gain, extra):
+def _best_size(q, table, overhead, plain, min_q, min_gain, extra):
     """k maximising (1 + sum of the first k q) / (table[k + 1] + overhead + extra), over q >= min_q;
-    k > 0 only where that rate beats a plain step's by the factor 1 + min_gain."""
-    best_k, best_rate, expected = 0, (1.0 + min_gain) / (table[1] + overhead), 1.0
+    k > 0 only where that rate beats a plain step's (1 token in `plain` seconds) by 1 + min_gain."""
+    best_k, best_rate, expected = 0, (1.0 + min_gain) / plain, 1.0
     k = 0
     for i in range(q.shape[0]):
         if q[i] < min_q:
@@ -127,24 +127,17 @@ def _order(q, tokens, parents, depth, prob, visits, seen, copied):
 
 
 @njit(cache=True)
-def _pay_threshold(table, overhead, overhead_plain, max_k, min_gain, extra):
-    plain = table[1] + overhead_plain
-    best = np.inf
-    for k in range(1, min(max_k, table.shape[0] - 2) + 1):
-        best = min(best, ((1.0 + min_gain) * (table[k + 1] + overhead + extra) / plain - 1.0) / k)
-    return best
-
-
-@njit(cache=True)
-def _probe_pays(depth, prob, seen, copied, parents, hits, tries, text_hits, text_tries, edges, trust,
-                table, overhead, overhead_plain, max_k, min_gain, extra):
-    """Whether the probe's best node, calibrated and trusted, beats the pay threshold: predict,
-    max and threshold in one call, since the probe runs every step, right after a decode has
-    swept the caches (where each call costs tens of microseconds, a third of them dispatch)."""
+def _probe_size(depth, prob, seen, copied, parents, hits, tries, text_hits, text_tries, edges, trust,
+                table, overhead, plain, max_k, min_q, min_gain, extra):
+    """_best_size of the probe's own nodes, calibrated and trusted: predict, sort and size in one
+    call, since the probe runs every step, right after a decode has swept the caches (where each
+    call costs tens of microseconds, a third of them dispatch). q never rises from parent to
+    child, so its sorted values are those of the probe's q-ordered prefixes."""
     if depth.shape[0] == 0:
-        return False
-    q = _predict(depth, prob, seen, copied, parents, hits, tries, text_hits, text_tries, edges)
-    return q.max() * trust > _pay_threshold(table, overhead, overhead_plain, max_k, min_gain, extra)
+        return 0
+    q = np.sort(_predict(depth, prob, seen, copied, parents, hits, tries, text_hits, text_tries, edges))[::-1]
+    q = np.minimum(q[:max_k] * trust, 1.0)
+    return _best_size(q, table, overhead, plain, min_q, min_gain, extra)
 
 
 # ----------------------------------------------------------------------------- wrappers
@@ -198,6 +191,12 @@ class CostModel:
         """Seconds a tree now costs beyond c(k + 1): after a plain step, the plain step after it
         pays the graph switch (after a tree, the next plain step pays it anyway)."""
         return self.switch if self.last_size == 1 else 0.0
+
+    def plain_step(self, before_search: bool = False) -> float:
+        """Seconds of the plain step a tree competes with. Once a search has run, its time is spent
+        either way, so a plain step is charged a drafting step's overhead too; before it, a plain
+        step costs only its own (a search must also pay for itself)."""
+        return self.table[1] + (self.overhead_plain if before_search else self.overhead)
 
     @property
     def table(self) -> np.ndarray:
@@ -338,12 +337,13 @@ class ReachCalibrator:
         return _predict(tree.depth, tree.prob, tree.seen, tree.copied, tree.parents, self.hits, self.tries,
                         self.text_hits, self.text_tries, P_EDGES)
 
-    def pays(self, tree: DraftTree, trust: float, cost: CostModel, max_k: int = 64, min_gain: float = 0.0) -> bool:
-        """Whether the tree's best node, predicted and times trust, beats pay_threshold(cost,
-        max_k, min_gain): some prefix of a tree grown from it could pay for a batch."""
-        return bool(_probe_pays(tree.depth, tree.prob, tree.seen, tree.copied, tree.parents, self.hits, self.tries,
-                                self.text_hits, self.text_tries, P_EDGES, trust, cost.table, cost.overhead,
-                                cost.overhead_plain, max_k, min_gain, cost.tree_extra))
+    def pays(self, tree: DraftTree, trust: float, cost: CostModel, max_k: int = 64, min_q: float = 0.0,
+             min_gain: float = 0.0) -> bool:
+        """Whether best_size(..., before_search=True) would verify some prefix of the tree itself
+        (its nodes predicted, times trust, at most max_k of them): the probe's test."""
+        return _probe_size(tree.depth, tree.prob, tree.seen, tree.copied, tree.parents, self.hits, self.tries,
+                           self.text_hits, self.text_tries, P_EDGES, trust, cost.table, cost.overhead,
+                           cost.plain_step(True), max_k, min_q, min_gain, cost.tree_extra) > 0
 
     def observe(self, tree: DraftTree, truth) -> None:
         """Label each node whose depth the true continuation covers (reached or not) and learn."""
@@ -358,21 +358,17 @@ def order_by(tree: DraftTree, q: np.ndarray):
     return DraftTree(*fields), q
 
 
-def pay_threshold(cost: CostModel, max_k: int = 64, min_gain: float = 0.0) -> float:
-    """Reach probability the best first draft node must beat before a search can pay: k nodes
-    pay only if 1 + sum(q) > (1 + min_gain)(c(k+1) + o) / (c(1) + o_plain), and no q exceeds the
-    first's (o: a drafting step's time outside the decode, o_plain: a plain step's)."""
-    return float(_pay_threshold(cost.table, cost.overhead, cost.overhead_plain, max_k, min_gain, cost.tree_extra))
-
-
 def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, cost: CostModel,
                max_nodes: int, max_depth: int, drafter=None, lookup=None) -> tuple[DraftTree, DraftTree, float]:
     """(searched tree, the part of it worth verifying now (its most promising chain first, see
     draft.chain_first), that part's summed calibrated reach probability: the accepted drafts it
     predicts, for ReachCalibrator.settle). `lookup` (a draft.ContextLookup of history) adds the
-    context's copy chain to the MCTS tree. When neither the copy chain's first token nor the
-    matrix's best guess for the next token can pay for a batch, no search is run and those two
-    alone are returned as the searched tree, so the calibration still learns from them. With the
+    context's copy chain to the MCTS tree. The probe (the matrix's best guess for the next token
+    with the copy chain below the root) is sized first: when the budget would verify none of it,
+    no search is run and the probe alone is returned as the searched tree, so the calibration
+    still learns from it. (A search could still find a deeper matrix chain that pays where the
+    probe does not; on the 2-core EPYC 8 of about 1,200 searches did, against 360 futile ones
+    that cost SmolLM2 ~1% of its time: README, Performance.) With the
     auto budget the search's effort follows the trees it has been ending in (search_sims). `drafter`
     (an object with draft(history, max_nodes, max_depth) -> DraftTree) replaces the MCTS search,
     the copy chain and the probe."""
@@ -384,9 +380,9 @@ def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, c
         full = drafter.draft(history, max_nodes, max_depth)
     else:
         chain, order = lookup.chain(min(max_depth, cfg.copy_depth)) if lookup is not None else ([], 0)
-        if auto:  # q never rises from parent to child: if no first token can pay, no tree can
-            probe = probe_tree(matrix, history[-2:], chain, order)   # (its best q is a first token's)
-            if not calibrator.pays(probe, trust, cost, max_nodes, cfg.min_gain):
+        if auto:  # search only where the probe itself would be verified
+            probe = probe_tree(matrix, history[-2:], chain, order)
+            if not calibrator.pays(probe, trust, cost, max_nodes, cfg.min_accept_prob, cfg.min_gain):
                 return probe, NO_DRAFT, 0.0
         sims = calibrator.search_sims(cfg) if auto else cfg.n_simulations
         full = build_draft(matrix, history[-2:], cfg, max_nodes=max_nodes, max_depth=max_depth, n_simulations=sims)
@@ -418,8 +414,10 @@ def warm_up(n_vocab: int, top_k: int, cfg: DraftConfig, ends=(), indents=None) -
     return full
 
 
-def best_size(q_sorted: np.ndarray, cost: CostModel, min_q: float = 0.0, min_gain: float = 0.0) -> int:
+def best_size(q_sorted: np.ndarray, cost: CostModel, min_q: float = 0.0, min_gain: float = 0.0,
+              before_search: bool = False) -> int:
     """k in 0..len(q) maximising (1 + sum(q[:k])) / (c(k + 1) + overhead), over q >= min_q; 0
-    unless the best rate beats a plain step's by the factor 1 + min_gain."""
-    return int(_best_size(np.asarray(q_sorted, dtype=np.float64), cost.table, cost.overhead, min_q, min_gain,
-                          cost.tree_extra))
+    unless the best rate beats a plain step's by the factor 1 + min_gain (see CostModel.plain_step
+    for what a plain step costs before and after a search)."""
+    return int(_best_size(np.asarray(q_sorted, dtype=np.float64), cost.table, cost.overhead,
+                          cost.plain_step(before_search), min_q, min_gain, cost.tree_extra))
