@@ -127,17 +127,26 @@ def _order(q, tokens, parents, depth, prob, visits, seen, copied):
 
 
 @njit(cache=True)
-def _probe_size(depth, prob, seen, copied, parents, hits, tries, text_hits, text_tries, edges, trust,
-                table, overhead, plain, max_k, min_q, min_gain, extra):
-    """_best_size of the probe's own nodes, calibrated and trusted: predict, sort and size in one
-    call, since the probe runs every step, right after a decode has swept the caches (where each
-    call costs tens of microseconds, a third of them dispatch). q never rises from parent to
-    child, so its sorted values are those of the probe's q-ordered prefixes."""
+def _search_pays(depth, prob, seen, copied, parents, hits, tries, text_hits, text_tries, edges, trust,
+                 table, overhead, plain, max_k, min_q, min_gain, extra):
+    """Whether a search could pay: the probe's own nodes would be verified (_best_size of their q,
+    sorted: q never rises from parent to child), or k alternatives to its first token, each no
+    likelier than the best and together at most certain, could pay for a batch (what a flat
+    curve, a GPU's, verifies). Predict, sort and size in one call, since the probe runs every
+    step, right after a decode has swept the caches (where each call costs tens of microseconds)."""
     if depth.shape[0] == 0:
-        return 0
+        return False
     q = np.sort(_predict(depth, prob, seen, copied, parents, hits, tries, text_hits, text_tries, edges))[::-1]
     q = np.minimum(q[:max_k] * trust, 1.0)
-    return _best_size(q, table, overhead, plain, min_q, min_gain, extra)
+    if _best_size(q, table, overhead, plain, min_q, min_gain, extra) > 0:
+        return True
+    if q[0] < min_q:
+        return False
+    bar = (1.0 + min_gain) / plain
+    for k in range(1, min(max_k, table.shape[0] - 2) + 1):
+        if (1.0 + min(k * q[0], 1.0)) / (table[k + 1] + overhead + extra) > bar:
+            return True
+    return False
 
 
 # ----------------------------------------------------------------------------- wrappers
@@ -339,11 +348,13 @@ class ReachCalibrator:
 
     def pays(self, tree: DraftTree, trust: float, cost: CostModel, max_k: int = 64, min_q: float = 0.0,
              min_gain: float = 0.0) -> bool:
-        """Whether best_size(..., before_search=True) would verify some prefix of the tree itself
-        (its nodes predicted, times trust, at most max_k of them): the probe's test."""
-        return _probe_size(tree.depth, tree.prob, tree.seen, tree.copied, tree.parents, self.hits, self.tries,
-                           self.text_hits, self.text_tries, P_EDGES, trust, cost.table, cost.overhead,
-                           cost.plain_step(True), max_k, min_q, min_gain, cost.tree_extra) > 0
+        """Whether a search grown from this probe could pay, against a plain step's own cost:
+        best_size(..., before_search=True) would verify some prefix of the probe itself (its
+        nodes predicted, times trust, at most max_k), or up to max_k alternatives to its first
+        token, each no likelier than the best and together at most certain, could pay."""
+        return bool(_search_pays(tree.depth, tree.prob, tree.seen, tree.copied, tree.parents, self.hits,
+                                 self.tries, self.text_hits, self.text_tries, P_EDGES, trust, cost.table,
+                                 cost.overhead, cost.plain_step(True), max_k, min_q, min_gain, cost.tree_extra))
 
     def observe(self, tree: DraftTree, truth) -> None:
         """Label each node whose depth the true continuation covers (reached or not) and learn."""
@@ -364,11 +375,11 @@ def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, c
     draft.chain_first), that part's summed calibrated reach probability: the accepted drafts it
     predicts, for ReachCalibrator.settle). `lookup` (a draft.ContextLookup of history) adds the
     context's copy chain to the MCTS tree. The probe (the matrix's best guess for the next token
-    with the copy chain below the root) is sized first: when the budget would verify none of it,
-    no search is run and the probe alone is returned as the searched tree, so the calibration
-    still learns from it. (A search could still find a deeper matrix chain that pays where the
-    probe does not; on the 2-core EPYC 8 of about 1,200 searches did, against 360 futile ones
-    that cost SmolLM2 ~1% of its time: README, Performance.) With the
+    with the copy chain below the root) is weighed first (ReachCalibrator.pays): when the budget
+    would verify none of it, nor could alternatives to its first token pay, no search is run and
+    the probe alone is returned as the searched tree, so the calibration still learns from it.
+    (A search could still find a deeper matrix chain that pays: of 732 searches on the 2-core
+    EPYC where the probe did not, 8 did; README, Performance.) With the
     auto budget the search's effort follows the trees it has been ending in (search_sims). `drafter`
     (an object with draft(history, max_nodes, max_depth) -> DraftTree) replaces the MCTS search,
     the copy chain and the probe."""
@@ -380,7 +391,7 @@ def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, c
         full = drafter.draft(history, max_nodes, max_depth)
     else:
         chain, order = lookup.chain(min(max_depth, cfg.copy_depth)) if lookup is not None else ([], 0)
-        if auto:  # search only where the probe itself would be verified
+        if auto:  # search only where the probe, or alternatives to its first token, could pay
             probe = probe_tree(matrix, history[-2:], chain, order)
             if not calibrator.pays(probe, trust, cost, max_nodes, cfg.min_accept_prob, cfg.min_gain):
                 return probe, NO_DRAFT, 0.0

@@ -251,6 +251,32 @@ def test_no_search_where_the_probe_alone_would_not_be_verified():
     assert len(full) > 1 and len(tree) >= 1   # searched and verified
 
 
+def test_a_weak_first_token_still_searches_where_its_alternatives_could_pay_together():
+    """On a flat curve a tree of several unlikely first tokens pays where one alone does not
+    (here drafting adds 2 ms to a 10 ms step); on the 2-core CPU's curve nothing that weak does."""
+    from aded_edge.budget import draft_step
+    m = TrigramMatrix(100, top_k=4)
+    m.update([5, 6, 7, 8, 9] * 30)
+    cfg = DraftConfig(max_nodes=16)
+    weak = ReachCalibrator()
+    for i in range(70):
+        full, _, _ = draft_step(m, [5, 6], cfg, ReachCalibrator(), FLAT, 16, 4)
+        weak.observe(full, [7, 8, 9, 5] if i % 7 == 0 else [1, 1, 1, 1])
+    q = weak.predict(full)
+    assert 0.1 < q.max() < 0.22
+    flat = CostModel(FLAT.sizes, FLAT.seconds)
+    flat.overhead = 0.002
+    probe = full.head(1)
+    assert best_size(np.minimum(weak.predict(probe) * weak.trust, 1), flat, min_gain=cfg.min_gain,
+                     before_search=True) == 0       # the first token alone would not be verified
+    assert weak.pays(probe, weak.trust, flat, 16, min_gain=cfg.min_gain)
+    full, _, _ = draft_step(m, [5, 6], cfg, weak, flat, 16, 4)
+    assert len(full) > 1                            # searched
+    assert not weak.pays(probe, weak.trust, STEPPED, 16, min_gain=cfg.min_gain)
+    full, tree, _ = draft_step(m, [5, 6], cfg, weak, STEPPED, 16, 4)
+    assert len(full) == 1 and len(tree) == 0
+
+
 def test_min_gain_keeps_marginal_trees_out():
     q = q_chain(0.9, 0.8)
     cm = CostModel([1, 2, 3], [0.010, 0.0175, 0.025])
