@@ -29,7 +29,9 @@ LABEL_CHUNK = 4          # a waiting tree is labelled once this many more of its
 PRIOR_WEIGHT = 4.0       # pseudo-observations behind the initial belief
 PRIOR_TRUST = 0.5        # initial belief: a node is reached half as often as the matrix says
 COST_EMA = 0.05          # weight of one step's timing in the online cost scale
-SWITCH_EMA = 0.1         # weight of one step in the shape-switch cost estimate
+SWITCH_SAMPLES = 9       # the shape-switch cost is the median of the last this many seen: switches
+                         # are rare where few trees pay, so one decode slowed by other load must not
+                         # price every tree after it (an average had kept one such spike at 11 ms)
 OVERHEAD_EMA = 0.1       # weight of one step in the per-step overhead estimate
 TABLE_SIZE = 258         # batch sizes 0..257 kept as a lookup table (a tree has at most 255 nodes)
 TABLE_REFRESH = 32       # steps between rebuilds of that table from the corrected curve (a rebuild
@@ -193,6 +195,7 @@ class CostModel:
         # in a run of them (SmolLM2 on the 2-core Xeon: about 0.8 ms on 11 ms). c(1) is the cost
         # inside a run; a tree drafted after a plain step also pays the switch back to plain.
         self.switch = max(float(switch), 0.0)
+        self._switches = deque([self.switch], maxlen=SWITCH_SAMPLES)   # the calibrated one, then real ones
         self.last_size = 1        # batch size of the last real step
 
     @property
@@ -239,7 +242,8 @@ class CostModel:
         switched, self.last_size = int(n) != self.last_size, int(n)
         i = self._index.get(int(n))
         if n == 1 and switched:   # the first one-token decode after a tree: its excess is the switch
-            self.switch += SWITCH_EMA * (max(seconds - self.seconds[0] * self.scale, 0.0) - self.switch)
+            self._switches.append(max(seconds - self.seconds[0] * self.scale, 0.0))
+            self.switch = sorted(self._switches)[len(self._switches) // 2]
         elif i is not None:
             self.seconds[i] += COST_EMA * (seconds / self.scale - self.seconds[i])
             self._seen[i] += 1

@@ -408,6 +408,23 @@ def test_a_shape_switch_is_learnt_apart_and_charged_to_a_tree_after_plain_steps(
     assert cm.tree_extra == 0.0 and best_size(q, cm) == 1
 
 
+def test_one_decode_slowed_by_other_load_does_not_price_the_trees_after_it():
+    """The switch is seen only after trees, which are rare where few pay: an average had kept one
+    100 ms hiccup at ~10 ms for the rest of a run. The median of the last few ignores it and
+    still follows a lasting change."""
+    cm = CostModel([1, 2, 3], [0.010, 0.015, 0.020], switch=0.001)
+    for _ in range(5):
+        cm.observe(3, 0.020, 0.0)
+        cm.observe(1, 0.011, 0.0, drafted=False)   # 1 ms more than in a run
+    cm.observe(3, 0.020, 0.0)
+    cm.observe(1, 0.110, 0.0, drafted=False)       # another process took the cores for 100 ms
+    assert cm.switch == pytest.approx(0.001, rel=0.05)
+    for _ in range(6):
+        cm.observe(3, 0.020, 0.0)
+        cm.observe(1, 0.013, 0.0, drafted=False)   # switches now really cost 3 ms
+    assert cm.switch == pytest.approx(0.003, rel=0.05)
+
+
 def test_search_effort_follows_the_trees_the_budget_verifies():
     """The MCTS runs SIMS_PER_NODE simulations per node of the trees its searches have been ending
     in (at least MIN_SIMS, at most the config's): few where the budget verifies small trees (a CPU),
