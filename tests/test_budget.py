@@ -209,7 +209,7 @@ def test_before_a_search_a_probe_must_pay_by_itself_on_the_cost_curve():
     assert best_size(q_chain(0.58, 0.58, 0.58), STEPPED, before_search=True) == 3   # a chain can pay where its head cannot
 
 
-def test_draft_step_skips_the_search_only_when_nothing_can_pay():
+def test_draft_step_searches_where_the_matrix_was_right_not_where_it_was_wrong():
     from aded_edge.budget import draft_step
     m = TrigramMatrix(100, top_k=4)
     m.update([5, 6, 7, 8, 9] * 30)
@@ -231,18 +231,26 @@ def test_draft_step_skips_the_search_only_when_nothing_can_pay():
     assert len(full) == len(tree) == 0        # unknown context: nothing to draft
 
 
+def calibrated_on_a_loop(n: int, right):
+    """(matrix of a repeated 5-6-7-8-9 text, config, a calibrator that saw the tree drafted after
+    [5, 6] n times, right when right(i), and that tree): how sure the budget is of that guess."""
+    from aded_edge.budget import draft_step
+    m = TrigramMatrix(100, top_k=4)
+    m.update([5, 6, 7, 8, 9] * 30)
+    cfg = DraftConfig(max_nodes=16)
+    cal = ReachCalibrator()
+    for i in range(n):
+        full, _, _ = draft_step(m, [5, 6], cfg, ReachCalibrator(), FLAT, 16, 4)
+        cal.observe(full, [7, 8, 9, 5] if right(i) else [1, 1, 1, 1])
+    return m, cfg, cal, full
+
+
 def test_no_search_where_the_probe_alone_would_not_be_verified():
     """A first token right half the time is worth one node on a flat curve, not on the 2-core
     CPU's (c(2) = 1.6 c(1)). There a search could only pay through a long chain behind it, which
     a bound of k such nodes used to allow (and ~80% of such searches then verified nothing)."""
     from aded_edge.budget import draft_step
-    m = TrigramMatrix(100, top_k=4)
-    m.update([5, 6, 7, 8, 9] * 30)
-    cfg = DraftConfig(max_nodes=16)
-    half = ReachCalibrator()
-    for i in range(60):
-        full, _, _ = draft_step(m, [5, 6], cfg, ReachCalibrator(), FLAT, 16, 4)
-        half.observe(full, [7, 8, 9, 5] if i % 2 else [1, 1, 1, 1])
+    m, cfg, half, full = calibrated_on_a_loop(60, lambda i: i % 2)
     q = half.predict(full)
     assert 0.45 < q.max() < 0.55
     full, tree, _ = draft_step(m, [5, 6], cfg, half, STEPPED, 16, 4)
@@ -255,13 +263,7 @@ def test_a_weak_first_token_still_searches_where_its_alternatives_could_pay_toge
     """On a flat curve a tree of several unlikely first tokens pays where one alone does not
     (here drafting adds 2 ms to a 10 ms step); on the 2-core CPU's curve nothing that weak does."""
     from aded_edge.budget import draft_step
-    m = TrigramMatrix(100, top_k=4)
-    m.update([5, 6, 7, 8, 9] * 30)
-    cfg = DraftConfig(max_nodes=16)
-    weak = ReachCalibrator()
-    for i in range(70):
-        full, _, _ = draft_step(m, [5, 6], cfg, ReachCalibrator(), FLAT, 16, 4)
-        weak.observe(full, [7, 8, 9, 5] if i % 7 == 0 else [1, 1, 1, 1])
+    m, cfg, weak, full = calibrated_on_a_loop(70, lambda i: i % 7 == 0)
     q = weak.predict(full)
     assert 0.1 < q.max() < 0.22
     flat = CostModel(FLAT.sizes, FLAT.seconds)
