@@ -209,28 +209,6 @@ def test_before_a_search_a_probe_must_pay_by_itself_on_the_cost_curve():
     assert best_size(q_chain(0.58, 0.58, 0.58), STEPPED, before_search=True) == 3   # a chain can pay where its head cannot
 
 
-def test_draft_step_searches_where_the_matrix_was_right_not_where_it_was_wrong():
-    from aded_edge.budget import draft_step
-    m = TrigramMatrix(100, top_k=4)
-    m.update([5, 6, 7, 8, 9] * 30)
-    cfg = DraftConfig(max_nodes=16)
-    sure = ReachCalibrator()
-    for _ in range(50):                       # the matrix has been right every time
-        full, _, _ = draft_step(m, [5, 6], cfg, ReachCalibrator(), FLAT, 16, 4)
-        sure.observe(full, [7, 8, 9, 5])
-    full, tree, _ = draft_step(m, [5, 6], cfg, sure, STEPPED, 16, 4)
-    assert len(full) > 1 and len(tree) >= 1 and tree.tokens[0] == 7
-    never = ReachCalibrator()
-    for _ in range(50):                       # ... or wrong every time
-        never.observe(full, [1, 1, 1, 1])
-    full, tree, _ = draft_step(m, [5, 6], cfg, never, STEPPED, 16, 4)
-    assert len(full) == 1 and len(tree) == 0  # only the probe, nothing verified
-    full, tree, _ = draft_step(m, [5, 6], cfg.replace(budget="fixed"), never, STEPPED, 16, 4)
-    assert len(tree) == len(full) > 1         # a fixed budget always searches
-    full, tree, _ = draft_step(m, [50, 51], cfg, sure, FLAT, 16, 4)
-    assert len(full) == len(tree) == 0        # unknown context: nothing to draft
-
-
 def calibrated_on_a_loop(n: int, right):
     """(matrix of a repeated 5-6-7-8-9 text, config, a calibrator that saw the tree drafted after
     [5, 6] n times, right when right(i), and that tree): how sure the budget is of that guess."""
@@ -243,6 +221,20 @@ def calibrated_on_a_loop(n: int, right):
         full, _, _ = draft_step(m, [5, 6], cfg, ReachCalibrator(), FLAT, 16, 4)
         cal.observe(full, [7, 8, 9, 5] if right(i) else [1, 1, 1, 1])
     return m, cfg, cal, full
+
+
+def test_draft_step_searches_where_the_matrix_was_right_not_where_it_was_wrong():
+    from aded_edge.budget import draft_step
+    m, cfg, sure, _ = calibrated_on_a_loop(50, lambda i: True)      # the matrix has been right every time
+    full, tree, _ = draft_step(m, [5, 6], cfg, sure, STEPPED, 16, 4)
+    assert len(full) > 1 and len(tree) >= 1 and tree.tokens[0] == 7
+    _, _, never, _ = calibrated_on_a_loop(50, lambda i: False)      # ... or wrong every time
+    full, tree, _ = draft_step(m, [5, 6], cfg, never, STEPPED, 16, 4)
+    assert len(full) == 1 and len(tree) == 0  # only the probe, nothing verified
+    full, tree, _ = draft_step(m, [5, 6], cfg.replace(budget="fixed"), never, STEPPED, 16, 4)
+    assert len(tree) == len(full) > 1         # a fixed budget always searches
+    full, tree, _ = draft_step(m, [50, 51], cfg, sure, FLAT, 16, 4)
+    assert len(full) == len(tree) == 0        # unknown context: nothing to draft
 
 
 def test_no_search_where_the_probe_alone_would_not_be_verified():
