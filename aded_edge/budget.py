@@ -45,6 +45,10 @@ SIMS_PER_NODE = 4        # MCTS simulations per node of the trees the budget has
 MIN_SIMS = 32            # ... but never fewer than this (replay: 30 sims pick the same 4- to 16-node
                          # trees as 150; a 64-node tree needs the config's 150)
 SIZE_EMA = 0.1           # weight of one search in the running size of the trees it ends in
+RISK_BASE = 10.0         # plain steps a text's trees may cost beyond what they have won (10 of a
+                         # 128-token answer's 128: 0.93x), see ReachCalibrator.at_stake
+RISK_FLOOR = 1.0         # ... but one tree may always cost this much more than a plain step (a
+                         # GPU's padded tree costs ~0.3; the trust still shrinks failing trees)
 NO_DRAFT = DraftTree.empty()   # what a step that drafts nothing verifies (one shared, empty tree)
 
 
@@ -102,16 +106,17 @@ def _observe(depth, prob, seen, copied, parents, tokens, truth, done, hits, trie
 
 
 @njit(cache=True)
-def _best_size(q, table, overhead, plain, min_q, min_gain, extra):
+def _best_size(q, table, overhead, plain, min_q, min_gain, extra, max_loss):
     """k maximising (1 + sum of the first k q) / (table[k + 1] + overhead + extra), over q >= min_q;
-    k > 0 only where that rate beats a plain step's (1 token in `plain` seconds) by 1 + min_gain."""
+    k > 0 only where that rate beats a plain step's (1 token in `plain` seconds) by 1 + min_gain,
+    and only where the step costs at most max_loss seconds more than a plain step."""
     best_k, best_rate, expected = 0, (1.0 + min_gain) / plain, 1.0
     k = 0
     for i in range(q.shape[0]):
         if q[i] < min_q:
             continue
         k += 1
-        if k + 1 >= table.shape[0]:
+        if k + 1 >= table.shape[0] or table[k + 1] + overhead + extra - plain > max_loss:
             break
         expected += q[i]
         rate = expected / (table[k + 1] + overhead + extra)
@@ -130,7 +135,7 @@ def _order(q, tokens, parents, depth, prob, visits, seen, copied):
 
 @njit(cache=True)
 def _search_pays(depth, prob, seen, copied, parents, hits, tries, text_hits, text_tries, edges, trust,
-                 table, overhead, plain, max_k, min_q, min_gain, extra):
+                 table, overhead, plain, max_k, min_q, min_gain, extra, max_loss):
     """Whether a search could pay: the probe's own nodes would be verified (_best_size of their q,
     sorted: q never rises from parent to child), or k alternatives to its first token, each no
     likelier than the best and together at most certain, could pay for a batch (what a flat
@@ -140,12 +145,14 @@ def _search_pays(depth, prob, seen, copied, parents, hits, tries, text_hits, tex
         return False
     q = np.sort(_predict(depth, prob, seen, copied, parents, hits, tries, text_hits, text_tries, edges))[::-1]
     q = np.minimum(q[:max_k] * trust, 1.0)
-    if _best_size(q, table, overhead, plain, min_q, min_gain, extra) > 0:
+    if _best_size(q, table, overhead, plain, min_q, min_gain, extra, max_loss) > 0:
         return True
     if q[0] < min_q:
         return False
     bar = (1.0 + min_gain) / plain
     for k in range(1, min(max_k, table.shape[0] - 2) + 1):
+        if table[k + 1] + overhead + extra - plain > max_loss:
+            break
         if (1.0 + min(k * q[0], 1.0)) / (table[k + 1] + overhead + extra) > bar:
             return True
     return False
@@ -286,6 +293,8 @@ class ReachCalibrator:
         # nodes of the trees the searches ended in (0 when the budget cut a search to nothing);
         # None until the first search, which gets the config's full simulation count
         self.searched_size = None
+        self.bank = 0.0          # plain steps this text's verified trees have won (lost: negative)
+        self.stake = 0.0         # plain steps the tree about to be verified costs beyond a plain step
 
     @property
     def trust(self) -> float:
@@ -293,9 +302,20 @@ class ReachCalibrator:
         t = (self._accepted + TRUST_PRIOR) / (self._predicted + TRUST_PRIOR)
         return min(max(t, TRUST_RANGE[0]), TRUST_RANGE[1])
 
+    def at_stake(self) -> float:
+        """Plain steps the next tree may cost beyond a plain step. A tree whose nodes all fail
+        slows its text by that much, so a text never stakes more than RISK_BASE beyond what its
+        drafts have won (bank): its first trees stay small where big ones are dear (a CPU), and
+        grow as the text's drafts pay. The expected rate alone would bet a 31-node copy at an
+        answer's start (15 plain steps on the 2-core EPYC) on a 60% first token: right on average
+        over answers, yet the answers it fails on ran at 0.75-0.88x (README, Performance)."""
+        return max(RISK_BASE + self.bank, RISK_FLOOR)
+
     def settle(self, predicted: float, accepted: int) -> None:
         """One step's outcome: the summed predicted reach of the verified nodes (0: a plain step)
         and how many of them the model accepted."""
+        self.bank += accepted - self.stake
+        self.stake = 0.0
         if predicted > 0:
             self._predicted = TRUST_DECAY * self._predicted + predicted
             self._accepted = TRUST_DECAY * self._accepted + accepted
@@ -342,6 +362,7 @@ class ReachCalibrator:
         """A new generation starts: the trees still waiting belonged to another history, and the
         copy record was that text's."""
         self._waiting.clear()
+        self.bank, self.stake = 0.0, 0.0
         self.text_hits[:] = 0.0
         self.text_tries[:] = 0.0
 
@@ -358,7 +379,8 @@ class ReachCalibrator:
         token, each no likelier than the best and together at most certain, could pay."""
         return bool(_search_pays(tree.depth, tree.prob, tree.seen, tree.copied, tree.parents, self.hits,
                                  self.tries, self.text_hits, self.text_tries, P_EDGES, trust, cost.table,
-                                 cost.overhead, cost.plain_step(True), max_k, min_q, min_gain, cost.tree_extra))
+                                 cost.overhead, cost.plain_step(True), max_k, min_q, min_gain, cost.tree_extra,
+                                 self.at_stake() * cost.plain_step(True)))
 
     def observe(self, tree: DraftTree, truth) -> None:
         """Label each node whose depth the true continuation covers (reached or not) and learn."""
@@ -404,7 +426,10 @@ def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, c
         full = with_copy_chain(full, chain, order)
     tree, q = order_by(full, calibrator.predict(full))
     q = q[:max_nodes]  # a copy chain may have made the tree larger than the batch allows
-    k = len(q) if not auto else best_size(np.minimum(q * trust, 1.0), cost, cfg.min_accept_prob, cfg.min_gain)
+    k = len(q) if not auto else best_size(np.minimum(q * trust, 1.0), cost, cfg.min_accept_prob, cfg.min_gain,
+                                          max_loss=calibrator.at_stake() * cost.plain_step())
+    if auto:
+        calibrator.stake = (cost(k + 1) + cost.overhead + cost.tree_extra) / cost.plain_step() - 1.0 if k else 0.0
     if auto and drafter is None:
         calibrator.searched(k)
     return full, chain_first(tree.head(k), q[:k]), float(q[:k].sum())
@@ -430,9 +455,9 @@ def warm_up(n_vocab: int, top_k: int, cfg: DraftConfig, ends=(), indents=None) -
 
 
 def best_size(q_sorted: np.ndarray, cost: CostModel, min_q: float = 0.0, min_gain: float = 0.0,
-              before_search: bool = False) -> int:
+              before_search: bool = False, max_loss: float = np.inf) -> int:
     """k in 0..len(q) maximising (1 + sum(q[:k])) / (c(k + 1) + overhead), over q >= min_q; 0
     unless the best rate beats a plain step's by the factor 1 + min_gain (see CostModel.plain_step
     for what a plain step costs before and after a search)."""
     return int(_best_size(np.asarray(q_sorted, dtype=np.float64), cost.table, cost.overhead,
-                          cost.plain_step(before_search), min_q, min_gain, cost.tree_extra))
+                          cost.plain_step(before_search), min_q, min_gain, cost.tree_extra, max_loss))

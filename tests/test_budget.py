@@ -1,4 +1,6 @@
 """The draft budget: decisions on synthetic cost curves, calibration, prefix-closed ordering."""
+import copy
+
 import numpy as np
 import pytest
 
@@ -269,6 +271,92 @@ def test_a_weak_first_token_still_searches_where_its_alternatives_could_pay_toge
     assert not weak.pays(probe, weak.trust, STEPPED, 16, min_gain=cfg.min_gain)
     full, tree, _ = draft_step(m, [5, 6], cfg, weak, STEPPED, 16, 4)
     assert len(full) == 1 and len(tree) == 0
+
+
+# a bench's curve on the 2-core EPYC (Qwen, in one-token decodes of 30 ms): a 31-node tree costs 15
+EPYC_SIZES = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64]
+EPYC_COSTS = [1, 1.9, 2.49, 3.15, 3.94, 4.68, 6.83, 7.95, 8.3, 8.35, 10.74, 12.61, 15.39, 18.03, 19.28, 25.13]
+
+
+def test_a_tree_costs_at_most_max_loss_more_than_a_plain_step():
+    cm = CostModel(EPYC_SIZES, [0.03 * c for c in EPYC_COSTS])
+    q = np.full(40, 0.95)
+    free = best_size(q, cm)
+    assert free >= 31                                           # the expected rate alone: the whole chain
+    sizes = [best_size(q, cm, max_loss=loss * cm(1)) for loss in (1.0, 5.0, 9.0)]
+    for k, loss in zip(sizes, (1.0, 5.0, 9.0)):
+        assert 0 < k < free and cm(k + 1) - cm(1) <= loss * cm(1)
+    assert sizes[0] == 1 and sizes == sorted(sizes) and sizes[2] >= 10
+    assert best_size(q, cm, max_loss=0.5 * cm(1)) == 0          # not even one node (c(2) = 1.9 c(1))
+    assert best_size(np.full(40, 0.05), FLAT, max_loss=0.5 * FLAT(1)) == 40   # a GPU's trees cost little more
+
+
+def copying(n: int):
+    """(text that has followed a copy of its start for 4 tokens, the n tokens the copy goes on
+    with, a function giving the text's copy index as decoding has it then)."""
+    from aded_edge.draft import ContextLookup
+    start = list(range(10, 10 + n + 6))
+    text = start + [0] + start[:7]
+
+    def lookup():
+        index = ContextLookup(text[:-4])
+        for x in text[-4:]:     # the text follows the copy token by token, as decoding does
+            index.chain(32)
+            index.extend([x])
+        return index
+    return text, (start + [0])[7:7 + n], lookup
+
+
+def sure_copy(n: int):
+    """copying(n), with a calibrator that has seen 50 such copies written in full."""
+    from aded_edge.budget import draft_step
+    text, written, lookup = copying(n)
+    cal = ReachCalibrator()
+    for _ in range(50):
+        full, _, _ = draft_step(TrigramMatrix(100, top_k=4), text, DraftConfig(budget="fixed"), cal, FLAT, 64, 32,
+                                lookup=lookup())
+        cal.observe(full, written)
+    return text, written, lookup, cal
+
+
+def test_a_text_stakes_at_most_what_its_trees_have_won_plus_risk_base():
+    """On the EPYC's curve the expected rate would verify a sure 32-node copy at once (15 plain
+    steps). A text's first tree may cost at most RISK_BASE plain steps more than a plain step; as
+    its trees win, its trees may grow; a lost tree shrinks them; the next text starts afresh."""
+    from aded_edge import budget
+    from aded_edge.budget import draft_step
+    text, written, lookup, cal = sure_copy(32)
+    cm = CostModel(EPYC_SIZES, [0.03 * c for c in EPYC_COSTS])
+    m, cfg = TrigramMatrix(100, top_k=4), DraftConfig()
+
+    def step(curve=cm, cal=cal):
+        _, tree, expected = draft_step(m, text, cfg, cal, curve, 64, 32, lookup=lookup())
+        assert tree.tokens[:len(tree)].tolist() == written[:len(tree)]   # the copy's chain, cut short
+        return len(tree), expected
+
+    cal.new_text()
+    assert cal.at_stake() == budget.RISK_BASE
+    before = copy.deepcopy(cal)
+    k, expected = step()
+    assert 0 < k < 32
+    assert cal.stake == pytest.approx((cm(k + 1) + cm.overhead) / cm.plain_step() - 1)
+    assert cal.stake <= budget.RISK_BASE < (cm(33) + cm.overhead) / cm.plain_step() - 1
+    cal.settle(expected, k)                         # all accepted: won k tokens for the stake
+    assert cal.bank > 0 and cal.at_stake() > budget.RISK_BASE
+    k2, expected = step()
+    assert k2 == 32                                 # now the whole copy
+    cal.settle(expected, 0)                         # and it failed at its first token
+    assert cal.bank < 0
+    k3, _ = step()
+    assert k3 < k                                   # smaller trees than the text's first
+    before.bank = 50.0                              # a text that had won much ...
+    assert step(cal=before)[0] == 32
+    before.new_text()
+    assert before.bank == 0 and step(cal=before)[0] == k   # ... and the next one, from RISK_BASE again
+    cal.bank = -1000.0                              # however much a text has lost, a tree may cost RISK_FLOOR
+    assert cal.at_stake() == budget.RISK_FLOOR
+    cal.bank = 0.0
+    assert step(FLAT)[0] == 32                      # a flat curve's trees cost little: no limit felt
 
 
 def test_min_gain_keeps_marginal_trees_out():
