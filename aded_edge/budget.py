@@ -308,7 +308,7 @@ class ReachCalibrator:
         drafts have won (bank): its first trees stay small where big ones are dear (a CPU), and
         grow as the text's drafts pay. The expected rate alone would bet a 31-node copy at an
         answer's start (15 plain steps on the 2-core EPYC) on a 60% first token: right on average
-        over answers, yet the answers it fails on ran at 0.75-0.88x (README, Performance)."""
+        over answers, yet the answers it failed on ran at 0.75-0.88x in replay (README, How it works)."""
         return max(RISK_BASE + self.bank, RISK_FLOOR)
 
     def settle(self, predicted: float, accepted: int) -> None:
