@@ -304,11 +304,12 @@ class ReachCalibrator:
 
     def at_stake(self) -> float:
         """Plain steps the next tree may cost beyond a plain step. A tree whose nodes all fail
-        slows its text by that much, so a text never stakes more than RISK_BASE beyond what its
-        drafts have won (bank): its first trees stay small where big ones are dear (a CPU), and
-        grow as the text's drafts pay. The expected rate alone would bet a 31-node copy at an
-        answer's start (15 plain steps on the 2-core EPYC) on a 60% first token: right on average
-        over answers, yet the answers it failed on ran at 0.75-0.88x in replay (README, How it works)."""
+        slows its text by that much, so a text stakes at most RISK_BASE beyond what its drafts
+        have won (bank), though always RISK_FLOOR: its first trees stay small where big ones are
+        dear (a CPU), and grow as the text's drafts pay. The expected rate alone would bet a
+        31-node copy at an answer's start (15 plain steps on the 2-core EPYC) on a 60% first
+        token: right on average over answers, yet the answers it failed on ran at 0.75-0.88x in
+        replay (README, How it works)."""
         return max(RISK_BASE + self.bank, RISK_FLOOR)
 
     def settle(self, predicted: float, accepted: int) -> None:
@@ -456,8 +457,9 @@ def warm_up(n_vocab: int, top_k: int, cfg: DraftConfig, ends=(), indents=None) -
 
 def best_size(q_sorted: np.ndarray, cost: CostModel, min_q: float = 0.0, min_gain: float = 0.0,
               before_search: bool = False, max_loss: float = np.inf) -> int:
-    """k in 0..len(q) maximising (1 + sum(q[:k])) / (c(k + 1) + overhead), over q >= min_q; 0
-    unless the best rate beats a plain step's by the factor 1 + min_gain (see CostModel.plain_step
-    for what a plain step costs before and after a search)."""
+    """k in 0..len(q) maximising (1 + sum(q[:k])) / (c(k + 1) + overhead), over q >= min_q and
+    over the k whose step costs at most max_loss seconds more than a plain step; 0 unless the best
+    rate beats a plain step's by the factor 1 + min_gain (see CostModel.plain_step for what a plain
+    step costs before and after a search)."""
     return int(_best_size(np.asarray(q_sorted, dtype=np.float64), cost.table, cost.overhead,
                           cost.plain_step(before_search), min_q, min_gain, cost.tree_extra, max_loss))
