@@ -259,19 +259,23 @@ class AdedLlama(llama_cpp.Llama):
     def snapshot(self):
         """A copy of what decoding has learnt so far (the matrix's adaptive table, the reach
         calibration, the cost model's online corrections, and which tokens the KV cache held, all of
-        them learnt), for restore(): the benchmark's repeats of one prompt each start from it."""
+        them learnt, and a drafter's own state where it has one), for restore(): the benchmark's
+        repeats of one prompt each start from it."""
         m = self.matrix
+        drafter = self.drafter.snapshot() if hasattr(self.drafter, "snapshot") else None
         return copy.deepcopy(((m.keys, m.rowof, m.succ, m.w, m.n_rows), self._calibrators, self.cost,
-                              self.input_ids[:self.n_tokens]))
+                              self.input_ids[:self.n_tokens], drafter))
 
     def restore(self, snapshot) -> None:
         """Go back to the state snapshot() saw; the snapshot stays usable for another restore. Of
         the KV cache only the prefix it shared with the snapshot's counts as known: a prompt learns
         the matrix only past the prefix it reuses (_speculate), so the rest must be evaluated and
         learnt again."""
-        table, self._calibrators, self.cost, held = copy.deepcopy(snapshot)
+        table, self._calibrators, self.cost, held, drafter = copy.deepcopy(snapshot)
         m = self.matrix
         m.keys, m.rowof, m.succ, m.w, m.n_rows = table
+        if drafter is not None:
+            self.drafter.restore(drafter)
         self.n_tokens = common_prefix(self.input_ids[:self.n_tokens], held)
 
     def save_matrix(self) -> None:

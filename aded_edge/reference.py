@@ -126,10 +126,15 @@ class ReferenceDrafter:
     from the context it is given (see the module docstring), and `draft` always passes the last 16
     history tokens, so the accepted tokens reach the matrix at the next draft, as in the reference
     decoding loop. `update` is therefore a no-op kept for the drafter interface.
+
+    The wheel cannot copy or reset a reader, so `snapshot`/`restore` (the benchmark's repeats of
+    one prompt) keep the contexts searched so far: `restore` loads the index again and searches
+    the snapshot's contexts once more, which repeats their adaptation (it depends on the context
+    alone, not on the randomised search).
     """
 
     def __init__(self, streams, n_vocab: int, index_dir, max_nodes: int = 64, max_depth: int = 4):
-        dr = _import_wheel()
+        self._wheel = dr = _import_wheel()
         self.n_vocab = int(n_vocab)
         self.max_nodes = int(max_nodes)
         self.max_depth = int(max_depth)
@@ -147,6 +152,7 @@ class ReferenceDrafter:
         del writer                       # its destructor finalizes (rewrites the same bytes) again
         self.reader = dr.Reader(index_file_path=self.index_path)
         self.last_search = None          # the raw 5-tuple of the last search, for inspection
+        self._searched: list[tuple[int, ...]] = []   # every context searched, in order (see restore)
 
     def draft(self, history, max_nodes: int | None = None, max_depth: int | None = None) -> DraftTree:
         """Draft tree continuing `history` (its last token is the root/pending token). Needs at
@@ -161,7 +167,24 @@ class ReferenceDrafter:
         if min(context) < 0 or max(context) >= self.n_vocab:
             raise ValueError("history token ids out of the vocabulary")
         self.last_search = self.reader.search(context, choices=max(nodes, MIN_CHOICES))
+        self._searched.append(tuple(context))
         return paths_to_tree(self.last_search[0], max_nodes=nodes, max_depth=depth)
+
+    def snapshot(self) -> tuple:
+        """What the reader has adapted to so far: the contexts searched, for restore()."""
+        return tuple(self._searched)
+
+    def restore(self, snapshot: tuple) -> None:
+        """Take the reader back to the state snapshot() saw (the snapshot stays usable): a fresh
+        reader of the same index, given the snapshot's searches again. Nothing is done when no
+        search has run since (the common case of a bench's first run of a prompt)."""
+        if self._searched == list(snapshot):
+            return
+        self.reader = None               # free the old reader's tables before loading the new ones
+        self.reader = self._wheel.Reader(index_file_path=self.index_path)
+        for context in snapshot:
+            self.reader.search(list(context), choices=MIN_CHOICES)
+        self._searched = list(snapshot)
 
     def update(self, tokens) -> None:
         """No-op: the reference adapts inside each search, from the history `draft` passes."""

@@ -205,6 +205,27 @@ def test_restore_takes_decoding_back_to_its_snapshot(plain, aded_tree):
     assert third[0] == first[0] and third[1][2] > first[1][2]
 
 
+def test_restore_takes_the_drafter_back_too(aded_tree, monkeypatch):
+    """A drafter with state of its own (the reference drafter's adapted reader) is part of the
+    snapshot: otherwise the bench's later runs of a prompt would draft from what the earlier ones
+    taught it."""
+    class Drafter:
+        learnt = ("first",)
+
+        def snapshot(self):
+            return self.learnt
+
+        def restore(self, learnt):
+            self.learnt = learnt
+
+    drafter = Drafter()
+    monkeypatch.setattr(aded_tree, "drafter", drafter)
+    saved = aded_tree.snapshot()
+    drafter.learnt = ("first", "second")
+    aded_tree.restore(saved)
+    assert drafter.learnt == ("first",)
+
+
 def test_repeated_bench_keeps_every_run_and_counts_the_median(model_path, tmp_path):
     if shared_data_dir() is None:
         pytest.skip("../shared/data is not beside the repository")

@@ -192,6 +192,24 @@ def test_search_adapts_to_context(drafter):
     assert sorted(later.tokens[later.depth == 1].tolist()) == [C, E]
 
 
+def test_restore_takes_the_reader_back_to_its_snapshot(drafter):
+    """bench --repeat: the reader's adaptation persists, so without restore a repeated prompt
+    would draft what the reference learnt from its own earlier run of the same text. restore()
+    forgets what was searched since snapshot() and keeps what was searched before it."""
+    fresh = drafter.snapshot()
+    drafter.draft([9, A, B, E, A, B])                     # A B E, never in the corpus, adapted in
+    adapted = drafter.snapshot()
+    assert E in drafter.draft([9, 9, A, B]).tokens.tolist()
+    for _ in range(2):                                    # a snapshot serves any number of restores
+        drafter.restore(fresh)
+        for _ in range(5):
+            assert drafter.draft([9, 9, A, B]).tokens[:2].tolist() == [C, D]
+            assert E not in drafter.draft([9, 9, A, B]).tokens.tolist()
+        drafter.restore(adapted)                          # the searches before it are searched again
+        t = drafter.draft([9, 9, A, B])
+        assert sorted(t.tokens[t.depth == 1].tolist()) == [C, E]
+
+
 def test_rebuild_in_same_dir_and_vocab_check(tmp_path):
     pytest.importorskip("draftretriever", reason="the reference wheel draftretriever==0.1.1 is not installed")
     rng = random.Random(1)
