@@ -392,7 +392,7 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
         raise ValueError("repeat must be >= 1")
     from .config import DraftConfig
     from .gguf import read_gguf
-    from .llama import system_info
+    from .llama import common_prefix, system_info
     draft = draft or DraftConfig()
     if "plain" not in systems:
         systems = ("plain",) + tuple(systems)
@@ -451,7 +451,10 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
                              drafted=st.get("drafted"), accepted=st.get("accepted"),  # None: not reported
                              accept_hist=st.get("accept_hist", {}),
                              identical=all(x.tokens == ref.tokens if x.text is None else same_text(x.text, ref_text)
-                                           for x in runs[s])))
+                                           for x in runs[s]),
+                             # where the earliest run parting from plain's tokens did (None: none did, or text only)
+                             parted_at=min((common_prefix(x.tokens, ref.tokens) for x in runs[s]
+                                            if x.text is None and x.tokens != ref.tokens), default=None)))
     summary = summarise(rows)
     aded = decoders.get("aded")
     cost = dict(sizes=[float(x) for x in aded.cost.sizes], seconds=[float(x) for x in aded.cost.seconds],
@@ -486,6 +489,10 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
                  f"run's (for an even count the slower middle one); run-to-run spread (fastest / slowest run - 1, "
                  f"median over prompts): {run_spread(rows)}\n" if repeat > 1 else "")
               + f"\n{table}\n")
+    parted = [f"{r['system']} {r['workload']} {r['id']} at token {r['parted_at']}" for r in rows if r["parted_at"] is not None]
+    if parted:
+        report += ("\nparted from plain's tokens (the earliest run's first differing token; lossless allows it only "
+                   f"at a near tie of the model's logits, see README, Exactness): {'; '.join(parted)}\n")
     if cost:
         rel = ", ".join(f"k={int(k)}: {c / cost['seconds'][0]:.2f}x" for k, c in zip(cost["sizes"], cost["seconds"]))
         shape = (f"every step one decode of {cost['verify_batch']} rows (padded)" if cost.get("verify_batch") else

@@ -61,6 +61,8 @@ def test_tiny_bench_run_writes_consistent_report(model_path, tmp_path):
     assert plain["speedup"] == pytest.approx(1.0)
     assert aded["speedup"] == pytest.approx(aded["decode_tok_s"] / plain["decode_tok_s"])
     assert (plain["drafted"], plain["accepted"]) == (0, 0)
+    assert plain["parted_at"] is None and (aded["parted_at"] is None) == aded["identical"]
+    assert aded["parted_at"] is None or 0 <= aded["parted_at"] < 12   # the first token that differs
     assert 0 <= aded["accepted"] <= aded["drafted"]
     assert aded["accepted"] == sum(int(k) * n for k, n in aded["accept_hist"].items())
     assert f"| math | aded | 1 | {aded['speedup']:.2f}x" in result["report"]
