@@ -122,6 +122,7 @@ class AdedLlama(llama_cpp.Llama):
         self.draft_config = draft or DraftConfig()
         self.drafter = drafter
         self.last_stats = DecodeStats()
+        cached_vocab = self._read_vocab_cache()
         self.matrix = self._attach_matrix(matrix, corpus, persist)
         self._calibrators = {True: ReachCalibrator(), False: ReachCalibrator()}  # greedy, sampled
         self._model_reason = self._unsupported_model(kwargs) if speculative else "speculation switched off"
@@ -139,6 +140,8 @@ class AdedLlama(llama_cpp.Llama):
             if calibrate:
                 self.cost = self._cost_curve()
             self._warm_up()
+            if not cached_vocab:
+                self._write_vocab_cache()
         self._closed = False   # set up: close() saves the matrix (see there)
         _OPEN.add(self)
 
@@ -294,6 +297,36 @@ class AdedLlama(llama_cpp.Llama):
             with contextlib.suppress(OSError):  # an unwritable cache only loses the warm start
                 self.save_matrix()
         super().close()
+
+    def _vocab_cache_path(self) -> tuple[Path, dict]:
+        st = os.stat(self.model_path)
+        key = dict(model=os.path.abspath(self.model_path), size=st.st_size, mtime_ns=st.st_mtime_ns, version=1)
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return models.cache_dir() / "vocab" / f"{digest}.json", key
+
+    def _read_vocab_cache(self) -> bool:
+        """Take the vocabulary's fingerprint, end tokens and indentation tokens from the on-disk
+        cache when this model file (path, size, modification time) was read before: reading them
+        costs a ctypes call per vocabulary entry each (0.32 s for Qwen's 152k entries, 2-core EPYC)."""
+        path, key = self._vocab_cache_path()
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            data = json.loads(path.read_text())
+            if data["key"] == key:
+                fingerprint, ends = str(data["fingerprint"]), frozenset(map(int, data["ends"]))
+                self._indents = {int(t): int(c) for t, c in data["indents"]}
+                self._fingerprint, self._ends = fingerprint, ends
+                return True
+        return False
+
+    def _write_vocab_cache(self) -> None:
+        path, key = self._vocab_cache_path()
+        data = dict(key=key, fingerprint=self.vocab_fingerprint(), ends=sorted(self.end_tokens()),
+                    indents=sorted(self.indent_tokens().items()))
+        with contextlib.suppress(OSError):  # an unwritable cache only costs reading the vocabulary again
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, path)
 
     def _cost_key(self) -> dict:
         st = os.stat(self.model_path)

@@ -139,3 +139,32 @@ def test_timed_decodes_wait_for_the_backend(model_path, cache, monkeypatch):
     _, seconds, _, _ = llm.measure_costs(sizes=[1, 2], repeats=1)
     assert min(seconds) >= 0.030
 
+
+
+def test_vocabulary_is_read_once_per_model_file(model_path, cache, tmp_path, monkeypatch):
+    """The vocabulary's fingerprint, end tokens and indentation tokens (one ctypes call per entry
+    each) come from the cache on later loads of the same model file, and are read again when the
+    file is another one or has been modified."""
+    import os
+    import shutil
+
+    import llama_cpp
+    first = _llm(model_path)
+    facts = (first.vocab_fingerprint(), first.end_tokens(), first.indent_tokens())
+    first.close()
+    assert len(list((cache / "vocab").glob("*.json"))) == 1 and facts[1] and facts[2]
+    copied = tmp_path / "copy.gguf"
+    shutil.copyfile(model_path, copied)
+    _llm(str(copied)).close()                      # another file: read and cached on its own
+
+    def unread(*args):
+        raise AssertionError("vocabulary read again")
+    for name in ("llama_vocab_get_text", "llama_vocab_is_control", "llama_token_to_piece"):
+        monkeypatch.setattr(llama_cpp, name, unread)
+    second = _llm(model_path)
+    assert (second.vocab_fingerprint(), second.end_tokens(), second.indent_tokens()) == facts
+    second.close()
+    st = os.stat(copied)
+    os.utime(copied, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))   # the same path, modified
+    with pytest.raises(AssertionError, match="vocabulary read again"):
+        _llm(str(copied))
