@@ -416,7 +416,7 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
             timed_generate(llm, base.chat_tokens([{"role": "user", "content": "Hello"}]), 8, eog)
     out_dir = Path(out_dir or f"bench-out/{time.strftime('%Y%m%d-%H%M%S')}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, recorded = [], []
+    rows, recorded, partings = [], [], []
     order = list(systems)
     for i, p in enumerate(prompts):
         tokens = base.chat_tokens(p["messages"])
@@ -452,9 +452,16 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
                              accept_hist=st.get("accept_hist", {}),
                              identical=all(x.tokens == ref.tokens if x.text is None else same_text(x.text, ref_text)
                                            for x in runs[s]),
-                             # where the earliest run parting from plain's tokens did (None: none did, or text only)
-                             parted_at=min((common_prefix(x.tokens, ref.tokens) for x in runs[s]
-                                            if x.text is None and x.tokens != ref.tokens), default=None)))
+                             parted_at=None, parted_gap=None))   # set below where a run parted from plain's tokens
+            parted = [x.tokens for x in runs[s] if x.text is None and x.tokens != ref.tokens]
+            if parted:   # where the earliest parting run parted (its logit gap: after all runs)
+                other = min(parted, key=lambda t: common_prefix(t, ref.tokens))
+                rows[-1]["parted_at"] = common_prefix(other, ref.tokens)
+                partings.append((rows[-1], tokens, ref.tokens, other))
+    for row, prompt, ref_tokens, other in partings:   # untimed, after every run
+        i = row["parted_at"]
+        if i < min(len(ref_tokens), len(other)):         # (else one of them ended there)
+            row["parted_gap"] = base.logit_gap(prompt + ref_tokens[:i], ref_tokens[i], other[i])
     summary = summarise(rows)
     aded = decoders.get("aded")
     cost = dict(sizes=[float(x) for x in aded.cost.sizes], seconds=[float(x) for x in aded.cost.seconds],
@@ -489,10 +496,13 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
                  f"run's (for an even count the slower middle one); run-to-run spread (fastest / slowest run - 1, "
                  f"median over prompts): {run_spread(rows)}\n" if repeat > 1 else "")
               + f"\n{table}\n")
-    parted = [f"{r['system']} {r['workload']} {r['id']} at token {r['parted_at']}" for r in rows if r["parted_at"] is not None]
+    parted = [f"{r['system']} {r['workload']} {r['id']} at token {r['parted_at']}"
+              + (f" (logit gap {r['parted_gap']:.3f})" if r["parted_gap"] is not None else " (one text ended there)")
+              for r in rows if r["parted_at"] is not None]
     if parted:
-        report += ("\nparted from plain's tokens (the earliest run's first differing token; lossless allows it only "
-                   f"at a near tie of the model's logits, see README, Exactness): {'; '.join(parted)}\n")
+        report += ("\nparted from plain's tokens (the earliest parting run's first differing token, and how much more the "
+                   "model's logits favour plain's token there, prompt and plain's text in one batch; lossless allows a "
+                   f"parting only at a near tie, see README, Exactness): {'; '.join(parted)}\n")
     if cost:
         rel = ", ".join(f"k={int(k)}: {c / cost['seconds'][0]:.2f}x" for k, c in zip(cost["sizes"], cost["seconds"]))
         shape = (f"every step one decode of {cost['verify_batch']} rows (padded)" if cost.get("verify_batch") else

@@ -581,6 +581,13 @@ class AdedLlama(llama_cpp.Llama):
         self._requires_eval = True  # after the first step the context's logits are not the last token's
         return reuse
 
+    def logit_gap(self, tokens, a: int, b: int) -> float:
+        """The model's logit of token a minus its logit of token b right after `tokens`, all
+        evaluated as one prompt: how near a tie the model was where two decodings of it part."""
+        self._prefill([int(t) for t in tokens])
+        row = self._logits_row(-1)
+        return float(row[a] - row[b])
+
     def _verify(self, tree: DraftTree, pending: list, n_past: int, meanwhile=None) -> int:
         """One llama_decode of the pending tokens and the tree, running meanwhile() (if given)
         while the backend works; returns the number of sequence ids the batch used (a padded

@@ -3,6 +3,7 @@ import json
 import re
 import math
 
+import numpy as np
 import pytest
 
 from aded_edge.bench import geomean, interleaved, load_prompts, markdown_table, run_bench, shared_data_dir, summarise
@@ -184,7 +185,6 @@ def test_restore_takes_decoding_back_to_its_snapshot(plain, aded_tree):
     prompt drafts exactly the same trees again (whole fixed trees: no timing enters the choice);
     without the restore the next run starts from what the last one taught and drafts better."""
     import itertools
-    import numpy as np
     prompt = plain.tokenize(b"# Compute the sum and the difference of two numbers.\ndef add(a, b):\n")
     m = aded_tree.matrix
 
@@ -226,6 +226,43 @@ def test_restore_takes_the_drafter_back_too(aded_tree, monkeypatch):
     drafter.learnt = ("first", "second")
     aded_tree.restore(saved)
     assert drafter.learnt == ("first",)
+
+
+def test_bench_names_where_an_output_parted_from_plain_and_the_logit_gap_there(model_path, tmp_path, monkeypatch):
+    """A system whose output parts from plain's is reported with the first differing token and how
+    much more the model's logits favour plain's token there; lossless allows only near ties, so a
+    token the model rates far below plain's (forced in here) shows a large gap."""
+    if shared_data_dir() is None:
+        pytest.skip("../shared/data is not beside the repository")
+    import dataclasses
+    from aded_edge import bench
+    real = bench.timed_generate
+
+    def spoiled(llm, prompt, max_tokens, eog, **kw):
+        got = real(llm, prompt, max_tokens, eog, **kw)
+        if llm._model_reason == "":                            # the aded system, not plain
+            other = 0 if got.tokens[5] != 0 else 1                 # (a special token)
+            got = dataclasses.replace(got, tokens=got.tokens[:5] + [other] + got.tokens[6:])
+        return got
+    monkeypatch.setattr(bench, "timed_generate", spoiled)
+    result = run_bench(model_path, ["math"], 1, 12, ("plain", "aded"), seed=0, threads=2, out_dir=tmp_path)
+    rows = {r["system"]: r for r in map(json.loads, (tmp_path / "rows.jsonl").read_text().splitlines()[1:])}
+    assert rows["plain"]["parted_at"] is None and rows["plain"]["parted_gap"] is None
+    assert rows["aded"]["parted_at"] == 5 and not rows["aded"]["identical"]
+    assert rows["aded"]["parted_gap"] > 1.0        # a special token is nowhere near the model's choice
+    assert f"aded math {rows['aded']['id']} at token 5 (logit gap {rows['aded']['parted_gap']:.3f})" in result["report"]
+
+
+def test_logit_gap_is_the_models_preference(aded, scorer):
+    from conftest import BATCH_INVARIANT
+    prompt = aded.tokenize(b"The capital of France is")
+    scorer.reset()
+    scorer.eval(prompt)
+    row = np.array(scorer.scores[len(prompt) - 1])
+    first, second = np.argsort(row)[::-1][:2]
+    gap = aded.logit_gap(prompt, int(first), int(second))
+    assert gap >= 0 and aded.logit_gap(prompt, int(first), int(first)) == 0
+    assert gap == pytest.approx(row[first] - row[second], abs=1e-3 if BATCH_INVARIANT else 3.0)
 
 
 def test_repeated_bench_keeps_every_run_and_counts_the_median(model_path, tmp_path):
