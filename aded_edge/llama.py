@@ -301,8 +301,7 @@ class AdedLlama(llama_cpp.Llama):
     def _vocab_cache_path(self) -> tuple[Path, dict]:
         st = os.stat(self.model_path)
         key = dict(model=os.path.abspath(self.model_path), size=st.st_size, mtime_ns=st.st_mtime_ns, version=1)
-        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        return models.cache_dir() / "vocab" / f"{digest}.json", key
+        return cache_file("vocab", key), key
 
     def _read_vocab_cache(self) -> bool:
         """Take the vocabulary's fingerprint, end tokens and indentation tokens from the on-disk
@@ -320,13 +319,8 @@ class AdedLlama(llama_cpp.Llama):
 
     def _write_vocab_cache(self) -> None:
         path, key = self._vocab_cache_path()
-        data = dict(key=key, fingerprint=self.vocab_fingerprint(), ends=sorted(self.end_tokens()),
-                    indents=sorted(self.indent_tokens().items()))
-        with contextlib.suppress(OSError):  # an unwritable cache only costs reading the vocabulary again
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, path)
+        write_cache(path, dict(key=key, fingerprint=self.vocab_fingerprint(), ends=sorted(self.end_tokens()),
+                               indents=sorted(self.indent_tokens().items())))
 
     def _cost_key(self) -> dict:
         st = os.stat(self.model_path)
@@ -340,8 +334,7 @@ class AdedLlama(llama_cpp.Llama):
     def _cost_curve(self) -> CostModel:
         """The measured cost curve, from the on-disk cache when this exact setup was measured."""
         key = self._cost_key()
-        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        path = models.cache_dir() / "costs" / f"{digest}.json"
+        path = cache_file("costs", key)
         with contextlib.suppress(OSError, ValueError, KeyError):
             data = json.loads(path.read_text())
             return CostModel(data["sizes"], data["seconds"], data["switch"])
@@ -351,11 +344,7 @@ class AdedLlama(llama_cpp.Llama):
                 break
         else:  # the machine was busy: trust this curve for now (it is corrected online), not later
             return CostModel(sizes, seconds, switch)
-        with contextlib.suppress(OSError):  # an unwritable cache only costs a re-measurement
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(dict(key=key, sizes=sizes, seconds=seconds, spread=spread, switch=switch)))
-            os.replace(tmp, path)
+        write_cache(path, dict(key=key, sizes=sizes, seconds=seconds, spread=spread, switch=switch))
         return CostModel(sizes, seconds, switch)
 
     def measure_costs(self, sizes=None, repeats: int = COST_REPEATS):
@@ -661,6 +650,21 @@ _OPEN = weakref.WeakSet()   # AdedLlama instances not closed yet
 def _close_open() -> None:
     for llm in list(_OPEN):
         llm.close()
+
+
+def cache_file(kind: str, key: dict) -> Path:
+    """The per-user cache file of one setup (`key`, JSON-able) among those of a kind."""
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return models.cache_dir() / kind / f"{digest}.json"
+
+
+def write_cache(path: Path, data: dict) -> None:
+    """Write a cache file atomically; an unwritable cache only costs redoing the work next time."""
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
 
 
 def common_prefix(a, b) -> int:
