@@ -106,20 +106,30 @@ def _observe(depth, prob, seen, copied, parents, tokens, truth, done, hits, trie
 
 
 @njit(cache=True)
+def _tree_step(table, k, overhead, extra):
+    """Seconds of a step that verifies k draft nodes: the decode of k + 1 tokens (table: c(n)),
+    the drafting step's time around it, and the graph switch it causes (see CostModel)."""
+    return table[k + 1] + overhead + extra
+
+
+@njit(cache=True)
 def _best_size(q, table, overhead, plain, min_q, min_gain, extra, max_loss):
-    """k maximising (1 + sum of the first k q) / (table[k + 1] + overhead + extra), over q >= min_q;
-    k > 0 only where that rate beats a plain step's (1 token in `plain` seconds) by 1 + min_gain,
-    and only where the step costs at most max_loss seconds more than a plain step."""
+    """k maximising (1 + sum of the first k q) / _tree_step(k), over q >= min_q; k > 0 only where
+    that rate beats a plain step's (1 token in `plain` seconds) by 1 + min_gain, and only where
+    the step costs at most max_loss seconds more than a plain step."""
     best_k, best_rate, expected = 0, (1.0 + min_gain) / plain, 1.0
     k = 0
     for i in range(q.shape[0]):
         if q[i] < min_q:
             continue
         k += 1
-        if k + 1 >= table.shape[0] or table[k + 1] + overhead + extra - plain > max_loss:
+        if k + 1 >= table.shape[0]:
+            break
+        seconds = _tree_step(table, k, overhead, extra)
+        if seconds - plain > max_loss:
             break
         expected += q[i]
-        rate = expected / (table[k + 1] + overhead + extra)
+        rate = expected / seconds
         if rate > best_rate:
             best_k, best_rate = k, rate
     return best_k
@@ -151,9 +161,10 @@ def _search_pays(depth, prob, seen, copied, parents, hits, tries, text_hits, tex
         return False
     bar = (1.0 + min_gain) / plain
     for k in range(1, min(max_k, table.shape[0] - 2) + 1):
-        if table[k + 1] + overhead + extra - plain > max_loss:
+        seconds = _tree_step(table, k, overhead, extra)
+        if seconds - plain > max_loss:
             break
-        if (1.0 + min(k * q[0], 1.0)) / (table[k + 1] + overhead + extra) > bar:
+        if (1.0 + min(k * q[0], 1.0)) / seconds > bar:
             return True
     return False
 
@@ -210,6 +221,10 @@ class CostModel:
         """Seconds a tree now costs beyond c(k + 1): after a plain step, the plain step after it
         pays the graph switch (after a tree, the next plain step pays it anyway)."""
         return self.switch if self.last_size == 1 else 0.0
+
+    def tree_step(self, k: int) -> float:
+        """Seconds of a step that verifies k > 0 draft nodes now (as the budget's kernels price it)."""
+        return float(_tree_step(self.table, k, self.overhead, self.tree_extra))
 
     def plain_step(self, before_search: bool = False) -> float:
         """Seconds of the plain step a tree competes with. Once a search has run, its time is spent
@@ -430,7 +445,7 @@ def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, c
     k = len(q) if not auto else best_size(np.minimum(q * trust, 1.0), cost, cfg.min_accept_prob, cfg.min_gain,
                                           max_loss=calibrator.at_stake() * cost.plain_step())
     if auto:
-        calibrator.stake = (cost(k + 1) + cost.overhead + cost.tree_extra) / cost.plain_step() - 1.0 if k else 0.0
+        calibrator.stake = cost.tree_step(k) / cost.plain_step() - 1.0 if k else 0.0
     if auto and drafter is None:
         calibrator.searched(k)
     return full, chain_first(tree.head(k), q[:k]), float(q[:k].sum())

@@ -486,8 +486,10 @@ def test_a_shape_switch_is_learnt_apart_and_charged_to_a_tree_after_plain_steps(
     q = np.array([0.62])            # rate 1.62 / 15 ms = 108/s against 100/s, 1.62 / 17.5 ms = 93/s
     cm.observe(1, 0.010, 0.0, drafted=False)
     assert cm.tree_extra == pytest.approx(0.0025, rel=0.01) and best_size(q, cm) == 0
+    assert cm.tree_step(1) == pytest.approx(cm(2) + cm.overhead + 0.0025, rel=0.01)   # what the stake charges
     cm.observe(2, 0.015, 0.0)
     assert cm.tree_extra == 0.0 and best_size(q, cm) == 1
+    assert cm.tree_step(1) == pytest.approx(cm(2) + cm.overhead)
 
 
 def test_one_decode_slowed_by_other_load_does_not_price_the_trees_after_it():
