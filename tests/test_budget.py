@@ -319,10 +319,11 @@ def sure_copy(n: int):
     return text, written, lookup, cal
 
 
-def test_a_text_stakes_at_most_what_its_trees_have_won_plus_risk_base():
+def test_a_text_stakes_at_most_what_its_trees_have_won_plus_its_allowance():
     """On the EPYC's curve the expected rate would verify a sure 32-node copy at once (15 plain
-    steps). A text's first tree may cost at most RISK_BASE plain steps more than a plain step; as
-    its trees win, its trees may grow; a lost tree shrinks them; the next text starts afresh."""
+    steps). A text's first tree may cost at most RISK_START plain steps more than a plain step, the
+    allowance growing with the text to RISK_BASE; as its trees win, its trees may grow; a lost tree
+    shrinks them; the next text starts afresh."""
     from aded_edge import budget
     from aded_edge.budget import draft_step
     text, written, lookup, cal = sure_copy(32)
@@ -335,16 +336,22 @@ def test_a_text_stakes_at_most_what_its_trees_have_won_plus_risk_base():
         return len(tree), expected
 
     cal.new_text()
-    assert cal.at_stake() == budget.RISK_BASE
+    assert cal.at_stake() == budget.RISK_START < budget.RISK_BASE
     before = copy.deepcopy(cal)
     k, expected = step()
     assert 0 < k < 32
     assert cal.stake == pytest.approx((cm(k + 1) + cm.overhead) / cm.plain_step() - 1)
-    assert cal.stake <= budget.RISK_BASE < (cm(33) + cm.overhead) / cm.plain_step() - 1
+    assert cal.stake <= budget.RISK_START < (cm(33) + cm.overhead) / cm.plain_step() - 1
+    grown = copy.deepcopy(before)
+    for _ in range(100):                            # plain steps: the allowance grows, up to RISK_BASE
+        grown.settle(0.0, 0)
+    assert grown.at_stake() == budget.RISK_BASE and step(cal=grown)[0] > k
     cal.settle(expected, k)                         # all accepted: won k tokens for the stake
-    assert cal.bank > 0 and cal.at_stake() > budget.RISK_BASE
+    assert cal.bank > 0 and cal.at_stake() > budget.RISK_START + budget.RISK_GROWTH
     k2, expected = step()
-    assert k2 == 32                                 # now the whole copy
+    cal.settle(expected, k2)                        # and again
+    k2, expected = step()
+    assert k2 > k                                   # the text's trees have paid: a longer copy
     cal.settle(expected, 0)                         # and it failed at its first token
     assert cal.bank < 0
     k3, _ = step()
@@ -352,7 +359,7 @@ def test_a_text_stakes_at_most_what_its_trees_have_won_plus_risk_base():
     before.bank = 50.0                              # a text that had won much ...
     assert step(cal=before)[0] == 32
     before.new_text()
-    assert before.bank == 0 and step(cal=before)[0] == k   # ... and the next one, from RISK_BASE again
+    assert before.bank == 0 and step(cal=before)[0] == k   # ... and the next one, from RISK_START again
     cal.bank = -1000.0                              # however much a text has lost, a tree may cost RISK_FLOOR
     assert cal.at_stake() == budget.RISK_FLOOR
     cal.bank = 0.0
