@@ -48,7 +48,7 @@ SIZE_EMA = 0.1           # weight of one search in the running size of the trees
 RISK_BASE = 10.0         # plain steps a text's trees may cost beyond what they have won (10 of a
                          # 128-token answer's 128: 0.93x), see ReachCalibrator.at_stake ...
 RISK_START = 5.0         # ... from this many at the text's first step, growing by RISK_GROWTH a step
-RISK_GROWTH = 0.25       # (RISK_BASE from its 20th step on): a short answer cannot lose 10 steps
+RISK_GROWTH = 0.25       # (RISK_BASE from its 20th step on): a short answer stakes less
 RISK_FLOOR = 1.0         # ... but one tree may always cost this much more than a plain step (a
                          # GPU's padded tree costs ~0.3; the trust still shrinks failing trees)
 NO_DRAFT = DraftTree.empty()   # what a step that drafts nothing verifies (one shared, empty tree)
