@@ -428,7 +428,7 @@ def draft_step(matrix, history, cfg: DraftConfig, calibrator: ReachCalibrator, c
     would verify none of it, nor could alternatives to its first token pay, no search is run and
     the probe alone is returned as the searched tree, so the calibration still learns from it.
     (A search could still find a deeper matrix chain that pays: of 732 searches on the 2-core
-    EPYC where the probe did not, 8 did; README, Performance.) With the
+    EPYC where the probe did not, 8 did; docs/performance-log.md.) With the
     auto budget the search's effort follows the trees it has been ending in (search_sims). `drafter`
     (an object with draft(history, max_nodes, max_depth) -> DraftTree) replaces the MCTS search,
     the copy chain and the probe."""

@@ -157,7 +157,7 @@ class AdedLlama(llama_cpp.Llama):
         """Rows of every verification batch (0: as many as the tree needs). Automatic: 8 with
         layers on a CUDA GPU, where llama.cpp replays its captured graph only while the batch
         keeps its shape (a new shape costs an eager run, then a capture; measured on an H200,
-        see README's GPU section), else off: on a CPU every row costs."""
+        see docs/performance-log.md, GPU), else off: on a CPU every row costs."""
         n = self.draft_config.verify_batch
         if n >= 0:
             return n

@@ -1,4 +1,5 @@
-"""Two measurements that decide how speculation pays on a backend (used on an H200, see README):
+"""Two measurements that decide how speculation pays on a backend (used on an H200 and H100s;
+see docs/performance-log.md, GPU):
 
 1. batch variance: how far the logits of one position move between a batch of 1 and the same
    position first in a batch of k tokens (0 on the CPU build; up to 2.7 logits on CUDA);

@@ -1,8 +1,8 @@
 """Where a decoding step's time goes: plain ms/token against aded's, the time per token each
 spends outside llama_decode (Python, sampling, bookkeeping: what drafting nothing still costs),
 and aded's time per step in each part of its loop (wrapped by name, so any version of aded_edge
-on PYTHONPATH can be timed). Used on the H100 (README's GPU section); learning that runs during
-the next decode is counted inside _decode there. Greedy, 128 tokens, bench prompts of seed 0,
+on PYTHONPATH can be timed). Used on the H100 (docs/performance-log.md, GPU); learning that runs
+during the next decode is counted inside _decode there. Greedy, 128 tokens, bench prompts of seed 0,
 plain and aded in one process.
 
     .venv/bin/python native/step-profile.py [-ngl N] [--model NAME_OR_PATH] [--workloads code,chat] [--prompts 4] [--no-parts]
