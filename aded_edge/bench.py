@@ -162,12 +162,31 @@ def gpu_info() -> str:
     return "; ".join(line.strip() for line in out.splitlines() if line.strip())
 
 
+def cpu_name(cpuinfo: str) -> str | None:
+    """The first processor of a /proc/cpuinfo text: its model name, with family, model and stepping
+    and whether it has AMX where the text gives them ("Intel(R) Xeon(R) Processor @ 2.50GHz" does
+    not say which generation of Xeon, and their batch costs differ: README, Performance). None when
+    the text names no model."""
+    first = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip() and first:
+            break   # the end of the first processor's block
+        key, _, value = line.partition(":")
+        first.setdefault(key.strip(), value.strip())
+    if not first.get("model name"):
+        return None
+    ids = [f"{name} {first[key]}" for name, key in (("family", "cpu family"), ("model", "model"), ("stepping", "stepping"))
+           if first.get(key)]
+    if "flags" in first:
+        ids.append("AMX" if "amx_tile" in first["flags"].split() else "no AMX")
+    return first["model name"] + (f" ({', '.join(ids)})" if ids else "")
+
+
 def machine_info(system_info: str = "") -> dict:
     cpu = platform.processor() or platform.machine()
     with_proc = Path("/proc/cpuinfo")
     if with_proc.exists():
-        names = [l.split(":", 1)[1].strip() for l in with_proc.read_text().splitlines() if l.startswith("model name")]
-        cpu = names[0] if names else cpu
+        cpu = cpu_name(with_proc.read_text()) or cpu
     elif sys.platform == "darwin":
         cpu = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True).stdout.strip()
     return dict(cpu=cpu, cores=os.cpu_count(), platform=platform.platform(), python=platform.python_version(),

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from aded_edge.bench import geomean, interleaved, load_prompts, markdown_table, run_bench, shared_data_dir, summarise
+from aded_edge.bench import cpu_name, geomean, interleaved, load_prompts, markdown_table, run_bench, shared_data_dir, summarise
 from aded_edge.simulate import replay, simulate
 
 
@@ -33,6 +33,20 @@ def test_interleaving_alternates_order():
     assert interleaved(["plain", "aded", "pl"], 1) == ["pl", "aded", "plain"]
     # over two prompts every system runs once in each half of the sequence
     assert sorted(interleaved("ab", 0) + interleaved("ab", 1)) == ["a", "a", "b", "b"]
+
+
+def test_cpu_name_tells_generations_apart():
+    """A model name such as "Intel(R) Xeon(R) Processor @ 2.50GHz" does not say the generation; the
+    report also names family, model, stepping and AMX, from the first processor's block only."""
+    def block(n, model, stepping, flags):
+        return (f"processor\t: {n}\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: {model}\n"
+                f"model name\t: Intel(R) Xeon(R) Processor @ 2.50GHz\nstepping\t: {stepping}\nflags\t\t: {flags}\n")
+    amx = block(0, 143, 8, "fpu avx512f amx_bf16 amx_tile amx_int8") + "\n" + block(1, 85, 7, "fpu avx512f")
+    assert cpu_name(amx) == "Intel(R) Xeon(R) Processor @ 2.50GHz (family 6, model 143, stepping 8, AMX)"
+    older = block(0, 85, 7, "fpu avx512f avx512_vnni") + "\n" + block(1, 143, 8, "amx_tile")
+    assert cpu_name(older) == "Intel(R) Xeon(R) Processor @ 2.50GHz (family 6, model 85, stepping 7, no AMX)"
+    assert cpu_name("model name\t: Some CPU\n") == "Some CPU"
+    assert cpu_name("processor\t: 0\nBogoMIPS\t: 48.00\nCPU implementer\t: 0x41\n") is None   # arm64: no model name
 
 
 def test_prompt_selection_is_seeded():
