@@ -707,10 +707,13 @@ def bench(model, workloads, per_workload, max_tokens, systems, seed, threads, n_
               help="Replay with this drafting setting changed (a DraftConfig field, e.g. min_gain=0.1, "
                    "copy_depth=16); repeatable. Compare against a run without it.")
 @click.option("--by-workload", is_flag=True, help="Also one row per workload of the recording.")
+@click.option("--by-prompt", is_flag=True,
+              help="Also (needs --costs) each workload's speed-up as the bench reports it, the geometric mean over "
+                   "its prompts, and its lowest prompt.")
 @click.option("--oracle", is_flag=True,
               help="Also the copy oracle (needs --costs): each copy verified exactly as far as the output follows "
                    "it, what copy drafting reaches on this cost curve when every copy's end is known.")
-def simulate(recorded, sizes, corpus_path, costs_path, settings, by_workload, oracle):
+def simulate(recorded, sizes, corpus_path, costs_path, settings, by_workload, by_prompt, oracle):
     """Replay RECORDED plain output (bench's recorded.jsonl) through the drafter, no model:
     tokens per step and drafting time per token for each tree size."""
     from .simulate import simulate as run_simulation
@@ -722,12 +725,14 @@ def simulate(recorded, sizes, corpus_path, costs_path, settings, by_workload, or
         raise UserError("--sizes must be in 0..255")
     if oracle and not costs_path:
         raise UserError("--oracle needs --costs (a cost curve to price the oracle's steps)")
+    if by_prompt and not costs_path:
+        raise UserError("--by-prompt needs --costs (a cost curve to price each prompt's steps)")
     try:
         config = DraftConfig().with_settings(settings)
     except ValueError as e:
         raise UserError(f"--set: {e}") from None
     click.echo(run_simulation(recorded, sizes=ns, config=config, corpus=corpus_path, costs=costs_path,
-                              by_workload=by_workload, oracle=oracle))
+                              by_workload=by_workload, oracle=oracle, by_prompt=by_prompt))
 
 
 PRELOAD_GUARD = "ADED_EDGE_PRELOADED"   # set in the process run again with libstdc++ preloaded

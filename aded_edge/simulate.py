@@ -11,6 +11,7 @@ decoding can draft better than replay says.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -39,7 +40,8 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
     `static`: a corpus matrix's static arrays). With a cost curve the auto budget chooses each
     step's tree exactly as decoding does, and the verification time is estimated from the curve.
     Returns tokens, steps, drafted and accepted counts, drafting time and (with a cost curve)
-    estimated seconds of aded and of plain, in total and per workload (`by_workload`)."""
+    estimated seconds of aded and of plain, in total, per workload (`by_workload`) and per
+    recording (`by_prompt`, keyed "workload/id")."""
     matrix = TrigramMatrix(n_vocab, top_k=config.top_k, increment=config.adapt_increment, cap=config.adapt_cap)
     if static is not None:
         matrix.set_static(*static)
@@ -49,9 +51,12 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
     warm_up(n_vocab, config.top_k, config)   # every kernel compiled outside the timed drafting
     deepest = max(config.max_depth, config.copy_depth)  # no context window to run out of here
     counts: dict[str, dict] = {}
-    for rec in recorded:
+    prompts: dict[str, dict] = {}
+    for i, rec in enumerate(recorded):
         prompt, truth = rec["prompt"], rec["output"]
         c = counts.setdefault(rec.get("workload", "-"), dict.fromkeys(COUNTS, 0))
+        one = prompts.setdefault(f"{rec.get('workload', '-')}/{rec.get('id', i)}", dict.fromkeys(COUNTS, 0))
+        before = dict(c)
         matrix.update(prompt)
         calibrator.new_text()
         history = list(prompt) + truth[:1]   # the first token comes from the prompt pass
@@ -85,7 +90,9 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
         if out != truth:
             raise AssertionError("replay did not reproduce the recorded output")
         c["tokens"] += len(truth) - 1
-    return _totals(counts, nodes, cost)
+        for k in COUNTS:
+            one[k] += c[k] - before[k]
+    return dict(_totals(counts, nodes, cost), by_prompt={k: _summary(v, nodes, cost) for k, v in prompts.items()})
 
 
 def copy_oracle(recorded: list[dict], cost: CostModel, depth: int, min_order: int = 2) -> dict:
@@ -146,14 +153,28 @@ def load_costs(path) -> CostModel:
         raise ValueError(f"{path}: no cost curve (bench's rows.jsonl or a file of the cost cache)") from None
 
 
+def per_prompt(by_prompt: dict) -> dict:
+    """{workload: (prompts, geometric mean of their est. speed-ups, lowest speed-up, its "workload/id")}:
+    a workload's speed-up as the bench reports it (geometric mean over its prompts), and its floor.
+    A recording with no token after its first (nothing decoded) has no speed and is left out."""
+    out = {}
+    for key, c in by_prompt.items():
+        if c["tokens"] > 0:
+            out.setdefault(key.split("/", 1)[0], []).append((c["est_speedup"], key))
+    return {w: (len(xs), math.exp(sum(math.log(x) for x, _ in xs) / len(xs)), *min(xs)) for w, xs in out.items()}
+
+
 def simulate(path, n_vocab: int | None = None, sizes=(1, 2, 4, 8, 16, 32, 64), config: DraftConfig | None = None,
-             corpus=None, costs=None, by_workload: bool = False, oracle: bool = False) -> str:
+             corpus=None, costs=None, by_workload: bool = False, oracle: bool = False,
+             by_prompt: bool = False) -> str:
     """Markdown table of the replay at each tree size, with the context matrix alone and, when a
     corpus matrix file is given, with it merged in; with a cost curve, the automatic budget
     chooses the trees (up to each size) and the estimated speed-up over plain decoding is shown.
     `config`: the drafting settings replayed (default: DraftConfig()); `by_workload`: one more row
     per workload of the recording under each total row; `oracle` (needs a cost curve): one more
-    row, copy_oracle at the config's copy depth."""
+    row, copy_oracle at the config's copy depth; `by_prompt` (needs a cost curve): a second table,
+    each workload's speed-up as the bench reports it (the geometric mean of its prompts') and its
+    lowest prompt, the floor of issue 4's targets."""
     recorded = load_recorded(path)
     n_vocab = n_vocab or max(int(r.get("n_vocab", 0)) for r in recorded) or None
     if not n_vocab:
@@ -162,6 +183,8 @@ def simulate(path, n_vocab: int | None = None, sizes=(1, 2, 4, 8, 16, 32, 64), c
     cost = load_costs(costs) if costs else None
     if oracle and cost is None:
         raise ValueError("the copy oracle needs a cost curve (costs)")
+    if by_prompt and cost is None:
+        raise ValueError("speed-ups per prompt need a cost curve (costs)")
     changed = config.changes()
     lines = [f"replay of {len(recorded)} recorded generations ({sum(len(r['output']) for r in recorded)} tokens), "
              f"model-free; every replay reproduced its recording"
@@ -174,9 +197,15 @@ def simulate(path, n_vocab: int | None = None, sizes=(1, 2, 4, 8, 16, 32, 64), c
     if corpus is not None:
         static = TrigramMatrix.load(corpus, n_vocab=n_vocab)
         variants.append(("context + corpus", static.static_arrays()))
+    prompt_lines = ["", "per prompt: each workload's est. speed-up as the bench reports it (geometric mean over "
+                    "its prompts) and its lowest prompt",
+                    "| drafter | matrix | nodes | workload | prompts | est. speed-up (geo) | lowest prompt |",
+                    "|---|---|---|---|---|---|---|"]
     for n in sizes:
         for name, static in variants:
             r = replay(recorded, n_vocab, config, n, static, cost=cost)
+            for w, (count, geo, low, key) in per_prompt(r["by_prompt"]).items():
+                prompt_lines.append(f"| aded MCTS | {name} | {n} | {w} | {count} | {geo:.3f}x | {low:.3f}x ({key}) |")
             parts = [(name, r)] + ([(f"{name}: {w}", c) for w, c in r["by_workload"].items()] if by_workload else [])
             for label, c in parts:
                 speed = f"{c['est_speedup']:.3f}x" if cost else "-"
@@ -188,4 +217,4 @@ def simulate(path, n_vocab: int | None = None, sizes=(1, 2, 4, 8, 16, 32, 64), c
         for label, c in parts:
             lines.append(f"| copy oracle | {label} | {config.copy_depth} | {c['tokens_per_step']:.2f} | "
                          f"{c['accepted']}/{c['drafted']} | - | {c['est_speedup']:.3f}x |")
-    return "\n".join(lines)
+    return "\n".join(lines + (prompt_lines if by_prompt else []))

@@ -150,6 +150,50 @@ def test_replay_with_a_cost_curve_lets_the_budget_decide():
     assert linear["est_speedup"] <= 1.0
 
 
+def test_simulate_by_prompt_reports_each_workloads_geometric_mean_and_floor(tmp_path, capsys):
+    """`simulate --by-prompt`: a workload's speed-up as the bench reports it (the geometric mean of
+    its prompts', not the ratio of its summed times) and its lowest prompt, the floor of issue 4's
+    targets; each prompt's counts add up to the replay's totals."""
+    import math
+    from aded_edge.budget import CostModel
+    from aded_edge.config import DraftConfig
+    from aded_edge.simulate import per_prompt
+    phrase = [5, 6, 7, 8, 9, 10, 11, 12]
+    rows = [dict(workload="edit", id="long", n_vocab=20, prompt=phrase * 3, output=phrase * 8),
+            dict(workload="edit", id="short", n_vocab=20, prompt=[1, 2, 3, 4], output=[13, 14, 15, 16]),
+            dict(workload="chat", id="new", n_vocab=20, prompt=[1, 2, 3, 4], output=[17, 18, 19, 13, 14])]
+    cost = CostModel([1, 17], [0.010, 0.011])   # flat: the copies of the repeated phrase pay
+    r = replay(rows, 20, DraftConfig(), 16, cost=cost)
+    assert sorted(r["by_prompt"]) == ["chat/new", "edit/long", "edit/short"]
+    for k in ("tokens", "steps", "drafted", "accepted"):
+        assert sum(c[k] for c in r["by_prompt"].values()) == r[k]
+    long_, short = r["by_prompt"]["edit/long"]["est_speedup"], r["by_prompt"]["edit/short"]["est_speedup"]
+    assert long_ > 2 > short   # the long copy pays, the short new text cannot
+    count, geo, low, key = per_prompt(r["by_prompt"])["edit"]
+    one_token = replay([dict(workload="chat", id="eog", prompt=[1, 2, 3], output=[4])], 20, DraftConfig(), 16, cost=cost)
+    assert per_prompt(one_token["by_prompt"]) == {}   # nothing decoded after the first token: no speed
+    assert (count, key, low) == (2, "edit/short", short)
+    assert geo == pytest.approx(math.sqrt(long_ * short))
+    assert geo != pytest.approx(r["by_workload"]["edit"]["est_speedup"])   # not the ratio of summed times
+    path = tmp_path / "recorded.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    costs = tmp_path / "costs.json"
+    costs.write_text(json.dumps(dict(sizes=[1, 17], seconds=[0.010, 0.011])))
+    out = simulate(path, sizes=(16,), costs=costs, by_prompt=True)
+    # (the estimate includes the drafting time measured in each replay, so the figures differ a little)
+    line = next(l for l in out.splitlines() if l.startswith("| aded MCTS | context | 16 | edit | 2 |"))
+    cells = [c.strip() for c in line.split("|")]
+    assert float(cells[6].rstrip("x")) == pytest.approx(geo, rel=0.05) and cells[7].endswith("x (edit/short)")
+    assert "| aded MCTS | context | 16 | chat | 1 |" in out
+    with pytest.raises(ValueError, match="cost curve"):
+        simulate(path, sizes=(16,), by_prompt=True)
+    from aded_edge.cli import main
+    capsys.readouterr()
+    assert main(["simulate", str(path), "--by-prompt"]) == 1   # no cost curve: one line, exit 1
+    err = capsys.readouterr().err.strip()
+    assert "--by-prompt needs --costs" in err and len(err.splitlines()) == 1
+
+
 def test_bench_systems_take_the_draft_settings(model_path):
     from aded_edge.bench import _non_default, make_system
     from aded_edge.config import DraftConfig
