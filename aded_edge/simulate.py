@@ -11,11 +11,11 @@ decoding can draft better than replay says.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
 from .accept import walk_tree
+from .bench import geomean
 from .config import DraftConfig
 from .budget import CostModel, ReachCalibrator, draft_step, warm_up
 from .draft import ContextLookup
@@ -50,13 +50,10 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
     calibrator = ReachCalibrator()
     warm_up(n_vocab, config.top_k, config)   # every kernel compiled outside the timed drafting
     deepest = max(config.max_depth, config.copy_depth)  # no context window to run out of here
-    counts: dict[str, dict] = {}
-    prompts: dict[str, dict] = {}
+    prompts: dict[str, dict] = {}   # counts per recording, "workload/id"
     for i, rec in enumerate(recorded):
         prompt, truth = rec["prompt"], rec["output"]
-        c = counts.setdefault(rec.get("workload", "-"), dict.fromkeys(COUNTS, 0))
-        one = prompts.setdefault(f"{rec.get('workload', '-')}/{rec.get('id', i)}", dict.fromkeys(COUNTS, 0))
-        before = dict(c)
+        c = prompts.setdefault(f"{rec.get('workload', '-')}/{rec.get('id', i)}", dict.fromkeys(COUNTS, 0))
         matrix.update(prompt)
         calibrator.new_text()
         history = list(prompt) + truth[:1]   # the first token comes from the prompt pass
@@ -90,9 +87,12 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
         if out != truth:
             raise AssertionError("replay did not reproduce the recorded output")
         c["tokens"] += len(truth) - 1
+    counts: dict[str, dict] = {}
+    for key, c in prompts.items():
+        w = counts.setdefault(key.split("/", 1)[0], dict.fromkeys(COUNTS, 0))
         for k in COUNTS:
-            one[k] += c[k] - before[k]
-    return dict(_totals(counts, nodes, cost), by_prompt={k: _summary(v, nodes, cost) for k, v in prompts.items()})
+            w[k] += c[k]
+    return dict(_totals(counts, nodes, cost), by_prompt={k: _summary(c, nodes, cost) for k, c in prompts.items()})
 
 
 def copy_oracle(recorded: list[dict], cost: CostModel, depth: int, min_order: int = 2) -> dict:
@@ -161,7 +161,7 @@ def per_prompt(by_prompt: dict) -> dict:
     for key, c in by_prompt.items():
         if c["tokens"] > 0:
             out.setdefault(key.split("/", 1)[0], []).append((c["est_speedup"], key))
-    return {w: (len(xs), math.exp(sum(math.log(x) for x, _ in xs) / len(xs)), *min(xs)) for w, xs in out.items()}
+    return {w: (len(xs), geomean([x for x, _ in xs]), *min(xs)) for w, xs in out.items()}
 
 
 def simulate(path, n_vocab: int | None = None, sizes=(1, 2, 4, 8, 16, 32, 64), config: DraftConfig | None = None,
@@ -204,7 +204,7 @@ def simulate(path, n_vocab: int | None = None, sizes=(1, 2, 4, 8, 16, 32, 64), c
     for n in sizes:
         for name, static in variants:
             r = replay(recorded, n_vocab, config, n, static, cost=cost)
-            for w, (count, geo, low, key) in per_prompt(r["by_prompt"]).items():
+            for w, (count, geo, low, key) in (per_prompt(r["by_prompt"]).items() if by_prompt else ()):
                 prompt_lines.append(f"| aded MCTS | {name} | {n} | {w} | {count} | {geo:.3f}x | {low:.3f}x ({key}) |")
             parts = [(name, r)] + ([(f"{name}: {w}", c) for w, c in r["by_workload"].items()] if by_workload else [])
             for label, c in parts:

@@ -154,7 +154,6 @@ def test_simulate_by_prompt_reports_each_workloads_geometric_mean_and_floor(tmp_
     """`simulate --by-prompt`: a workload's speed-up as the bench reports it (the geometric mean of
     its prompts', not the ratio of its summed times) and its lowest prompt, the floor of issue 4's
     targets; each prompt's counts add up to the replay's totals."""
-    import math
     from aded_edge.budget import CostModel
     from aded_edge.config import DraftConfig
     from aded_edge.simulate import per_prompt
@@ -170,11 +169,11 @@ def test_simulate_by_prompt_reports_each_workloads_geometric_mean_and_floor(tmp_
     long_, short = r["by_prompt"]["edit/long"]["est_speedup"], r["by_prompt"]["edit/short"]["est_speedup"]
     assert long_ > 2 > short   # the long copy pays, the short new text cannot
     count, geo, low, key = per_prompt(r["by_prompt"])["edit"]
-    one_token = replay([dict(workload="chat", id="eog", prompt=[1, 2, 3], output=[4])], 20, DraftConfig(), 16, cost=cost)
-    assert per_prompt(one_token["by_prompt"]) == {}   # nothing decoded after the first token: no speed
     assert (count, key, low) == (2, "edit/short", short)
     assert geo == pytest.approx(math.sqrt(long_ * short))
     assert geo != pytest.approx(r["by_workload"]["edit"]["est_speedup"])   # not the ratio of summed times
+    one_token = replay([dict(workload="chat", id="eog", prompt=[1, 2, 3], output=[4])], 20, DraftConfig(), 16, cost=cost)
+    assert per_prompt(one_token["by_prompt"]) == {}   # nothing decoded after the first token: no speed
     path = tmp_path / "recorded.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     costs = tmp_path / "costs.json"
