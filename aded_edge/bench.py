@@ -260,6 +260,14 @@ def same_text(a: str | None, b: str) -> bool:
     return n > 0 and a[:n] == b[:n]
 
 
+def prompt_line(i: int, n: int, rows: list) -> str:
+    """One prompt's result as a progress line: its systems' speeds (median run) and speed-ups."""
+    first = rows[0]
+    parts = [f"{r['system']} {r['decode_tok_s']:.1f} tok/s" + ("" if r["system"] == "plain" else f" {r['speedup']:.2f}x")
+             for r in rows]
+    return f"[{i + 1}/{n}] {first['workload']}/{first['id']}: " + ", ".join(parts)
+
+
 def timed_generate(llm, prompt_tokens, max_tokens: int, eog, on_first=None) -> Timed:
     """Greedy generation of up to max_tokens, stopping after an end-of-generation token;
     on_first() (if given) runs when the first token arrives, where decoding's time starts."""
@@ -402,11 +410,12 @@ def corpus_info(fingerprint: str) -> dict:
 
 def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int = 128, systems=("plain", "aded", "prompt-lookup"),
               seed: int = 0, threads: int | None = None, n_ctx: int = 4096, out_dir=None, progress=None,
-              n_gpu_layers: int = 0, draft=None, repeat: int = 1) -> dict:
+              n_gpu_layers: int = 0, draft=None, repeat: int = 1, log=None) -> dict:
     """Every system on every prompt, interleaved; `draft`: the aded systems' DraftConfig (see
     make_system). With repeat > 1 each system runs each prompt that many times, every run from the
     same learnt state (AdedLlama.snapshot), and its median run stands for it. Writes rows.jsonl
-    (header first), recorded.jsonl and summary.md to out_dir."""
+    (header first), recorded.jsonl and summary.md to out_dir. progress(n): n more runs done;
+    log(line): one line per prompt done, its systems' speeds (for runs that nobody watches)."""
     if repeat < 1:
         raise ValueError("repeat must be >= 1")
     from .config import DraftConfig
@@ -477,6 +486,8 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
                 other = min(parted, key=lambda t: common_prefix(t, ref.tokens))
                 rows[-1]["parted_at"] = common_prefix(other, ref.tokens)
                 partings.append((rows[-1], tokens, ref.tokens, other))
+        if log:
+            log(prompt_line(i, len(prompts), rows[-len(results):]))
     for row, prompt, ref_tokens, other in partings:   # untimed, after every run
         i = row["parted_at"]
         if i < min(len(ref_tokens), len(other)):         # (else one of them ended there)

@@ -691,7 +691,8 @@ def bench(model, workloads, per_workload, max_tokens, systems, seed, threads, n_
         result = run_bench(model, wl, per_workload, max_tokens, tuple(dict.fromkeys(sy)), seed, threads, n_ctx,
                            out_dir, progress=update, n_gpu_layers=n_gpu_layers,
                            draft=DraftConfig(max_nodes=max_nodes, max_depth=max_depth, n_simulations=simulations,
-                                             verify_batch=verify_batch), repeat=repeat)
+                                             verify_batch=verify_batch), repeat=repeat,
+                           log=None if sys.stderr.isatty() else lambda line: click.echo(f"bench: {line}", err=True))
     click.echo(result["report"])
 
 

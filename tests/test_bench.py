@@ -63,7 +63,9 @@ def test_prompt_selection_is_seeded():
 def test_tiny_bench_run_writes_consistent_report(model_path, tmp_path):
     if shared_data_dir() is None:
         pytest.skip("../shared/data is not beside the repository")
-    result = run_bench(model_path, ["math"], 1, 12, ("plain", "aded"), seed=0, threads=2, out_dir=tmp_path)
+    logged = []
+    result = run_bench(model_path, ["math"], 1, 12, ("plain", "aded"), seed=0, threads=2, out_dir=tmp_path,
+                       log=logged.append)
     lines = (tmp_path / "rows.jsonl").read_text().splitlines()
     header = json.loads(lines[0])["header"]
     rows = [json.loads(l) for l in lines[1:]]
@@ -81,6 +83,8 @@ def test_tiny_bench_run_writes_consistent_report(model_path, tmp_path):
     assert 0 <= aded["accepted"] <= aded["drafted"]
     assert aded["accepted"] == sum(int(k) * n for k, n in aded["accept_hist"].items())
     assert f"| math | aded | 1 | {aded['speedup']:.2f}x" in result["report"]
+    assert logged == [f"[1/1] math/{aded['id']}: plain {plain['decode_tok_s']:.1f} tok/s, "
+                      f"aded {aded['decode_tok_s']:.1f} tok/s {aded['speedup']:.2f}x"]   # one line per prompt
     assert f"| {aded['accepted']}/{aded['drafted']} |" in result["report"]
     assert "| math | aded | 1 |" in result["report"] and (tmp_path / "summary.md").exists()
     rec = [json.loads(l) for l in (tmp_path / "recorded.jsonl").read_text().splitlines()]

@@ -189,6 +189,21 @@ def test_bench_gpu_layers_reach_every_system(monkeypatch):
     assert main(["bench", "--repeat", "0"]) != 0 and not seen
 
 
+def test_bench_not_on_a_terminal_prints_a_line_per_prompt(monkeypatch, capsys):
+    import aded_edge.bench as bench_module
+    rows = [dict(workload="code", id="HumanEval/7", system="plain", decode_tok_s=12.04, speedup=1.0),
+            dict(workload="code", id="HumanEval/7", system="aded", decode_tok_s=30.1, speedup=2.5)]
+
+    def fake_run_bench(*args, log=None, **kwargs):
+        log(bench_module.prompt_line(2, 16, rows))   # as run_bench calls it after each prompt
+        return dict(report="report")
+    monkeypatch.setattr(bench_module, "run_bench", fake_run_bench)
+    assert main(["bench", "--systems", "plain,aded"]) == 0   # (pytest's stderr is not a terminal)
+    out, err = capsys.readouterr()
+    assert out.strip() == "report"
+    assert err.strip() == "bench: [3/16] code/HumanEval/7: plain 12.0 tok/s, aded 30.1 tok/s 2.50x"
+
+
 def test_cuda_build_reruns_the_command_with_libstdcxx_preloaded(monkeypatch):
     """With a CUDA build of llama.cpp on Linux the command line is run again, same Python and
     arguments, with the system libstdc++ preloaded (what fixed the segfaults measured on an H100);
