@@ -29,6 +29,21 @@ def test_documents_of_a_folder_skip_binaries_and_missing_paths_fail(tmp_path):
         list(corpus.documents(str(tmp_path / "missing")))
 
 
+def test_an_unreadable_corpus_file_is_an_error_and_one_inside_a_folder_is_skipped(tmp_path, monkeypatch):
+    (tmp_path / "a.txt").write_text("hello world")
+    (tmp_path / "locked.txt").write_text("secret")
+    real = corpus.Path.read_bytes
+
+    def read_bytes(self):   # (chmod cannot lock a file from root, who runs CI here)
+        if self.name == "locked.txt":
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+    monkeypatch.setattr(corpus.Path, "read_bytes", read_bytes)
+    with pytest.raises(CorpusError, match="cannot read corpus file .*locked.txt: Permission denied"):
+        list(corpus.documents(str(tmp_path / "locked.txt")))
+    assert list(corpus.documents(str(tmp_path))) == [b"hello world"]
+
+
 def test_python_stdlib_corpus_is_this_interpreters_source():
     first = next(corpus.documents("python-stdlib"))
     assert isinstance(first, bytes) and len(first) > 0
