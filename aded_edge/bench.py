@@ -260,6 +260,38 @@ def same_text(a: str | None, b: str) -> bool:
     return n > 0 and a[:n] == b[:n]
 
 
+SIZE_BINS = ((1, 1), (2, 4), (5, 8), (9, 16), (17, 32), (33, 64), (65, 256))
+
+
+def verify_cost_line(rows: list, system: str, cost: dict) -> str:
+    """How much a system's verification decodes cost by batch rows (pending tokens and tree), as
+    measured in this run, against the cost curve: each bin's mean decode in units of the run's own
+    mean one-row decode, and what the curve says for the same decodes. "" when the system verified
+    no trees or its one-row decodes were not timed. (Replay prices steps with the curve; where the
+    first figure runs above the second, a bench falls short of its replay.)"""
+    sizes: dict = {}
+    for r in rows:
+        if r["system"] == system:
+            for n, (steps, seconds) in (r.get("verify_sizes") or {}).items():
+                c = sizes.setdefault(int(n), [0, 0.0])
+                c[0] += steps
+                c[1] += seconds
+    one = sizes.get(1)
+    if not one or len(sizes) < 2:
+        return ""
+    unit, c1 = one[1] / one[0], cost["seconds"][0]
+    parts = []
+    for lo, hi in SIZE_BINS:
+        got = [(n, c) for n, c in sizes.items() if lo <= n <= hi]
+        steps = sum(c[0] for _, c in got)
+        if not steps:
+            continue
+        measured = sum(c[1] for _, c in got) / steps / unit
+        curve = sum(c[0] * float(np.interp(n, cost["sizes"], cost["seconds"])) for n, c in got) / steps / c1
+        parts.append(f"{lo if lo == hi else f'{lo}-{hi}'} rows {measured:.2f} / {curve:.2f} ({steps} steps)")
+    return ", ".join(parts)
+
+
 def prompt_line(i: int, n: int, rows: list) -> str:
     """One prompt's result as a progress line: its systems' speeds (median run) and speed-ups."""
     first = rows[0]
@@ -478,6 +510,7 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
                              verify_ms_per_step=st.get("verify_ms_per_step", 0.0),
                              drafted=st.get("drafted"), accepted=st.get("accepted"),  # None: not reported
                              accept_hist=st.get("accept_hist", {}),
+                             verify_sizes=st.get("verify_sizes", {}),   # rows of a decode -> [steps, seconds]
                              identical=all(x.tokens == ref.tokens if x.text is None else same_text(x.text, ref_text)
                                            for x in runs[s]),
                              parted_at=None, parted_gap=None))   # set below where a run parted from plain's tokens
@@ -538,6 +571,10 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
         shape = (f"every step one decode of {cost['verify_batch']} rows (padded)" if cost.get("verify_batch") else
                  f"a one-token decode right after a tree costs {1e3 * cost['switch']:.2f} ms more (graph rebuilt)")
         report += f"\nbatch cost curve (one token = {1e3 * cost['seconds'][0]:.1f} ms): {rel}; {shape}\n"
+        for s in systems:
+            line = verify_cost_line(rows, s, cost)
+            if line:
+                report += f"{s}'s decodes by batch rows, cost measured in this run / on the curve, in one-row decodes: {line}\n"
     (out_dir / "summary.md").write_text(report)
     report += "\n" + write_plots(out_dir, summary, rows, cost) + f"\nraw rows: {out_dir}/rows.jsonl\n"
     return dict(report=report, summary=summary, rows=rows, out_dir=str(out_dir))

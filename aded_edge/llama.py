@@ -526,6 +526,7 @@ class AdedLlama(llama_cpp.Llama):
                 stats.record_step(k, len(accepted))
                 stats.draft_s += t1 - t0
                 stats.verify_s += t2 - t1
+                stats.record_verify(len(pending) + k, t2 - t1)
                 stats.accept_s += t3 - t2
                 for j, tok in enumerate(emitted):
                     # plain generate asks the criteria before yielding a token, showing the tokens before it

@@ -17,6 +17,7 @@ class DecodeStats:
     verify_s: float = 0.0        # llama_decode of the trees
     accept_s: float = 0.0        # walking the tree, KV bookkeeping, matrix update
     accept_hist: dict = field(default_factory=dict)  # accepted draft tokens per step -> count of steps
+    verify_sizes: dict = field(default_factory=dict)  # rows of a verification decode -> [steps, seconds]
     plain_reason: str = ""       # why plain decoding was used instead of trees ("" when trees ran)
 
     @property
@@ -36,6 +37,12 @@ class DecodeStats:
         self.drafted += drafted
         self.accepted += accepted
         self.accept_hist[accepted] = self.accept_hist.get(accepted, 0) + 1
+
+    def record_verify(self, rows: int, seconds: float) -> None:
+        """One verification decode of `rows` batch rows (the pending tokens and the tree) took seconds."""
+        c = self.verify_sizes.setdefault(rows, [0, 0.0])
+        c[0] += 1
+        c[1] += seconds
 
     def as_dict(self) -> dict:
         d = asdict(self)

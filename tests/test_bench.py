@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from aded_edge.bench import cpu_name, geomean, interleaved, load_prompts, markdown_table, run_bench, shared_data_dir, summarise
+from aded_edge.bench import (cpu_name, geomean, interleaved, load_prompts, markdown_table, run_bench, shared_data_dir,
+                             summarise, verify_cost_line)
 from aded_edge.simulate import replay, simulate
 
 
@@ -26,6 +27,19 @@ def test_geomean_and_summary_maths():
     assert "| w | s | 2 | 1.00x | 0.50x | 12.5 | 1.50 | 7/16 |" in table
     # a system that does not say what it drafted (llama-cpp-python's prompt lookup) shows "-"
     assert "| w | t | 1 | 1.00x | 1.00x | 10.0 | 1.00 | - | 0.00 | 10.00 | 0/1 |" in table
+
+
+def test_verify_cost_line_compares_measured_decodes_with_the_curve():
+    curve = dict(sizes=[1.0, 4.0, 32.0], seconds=[0.1, 0.2, 0.8])
+    rows = [dict(system="aded", verify_sizes={"1": [6, 0.6], "3": [4, 0.8]}),
+            dict(system="aded", verify_sizes={"1": [4, 0.4], "20": [2, 1.6]}),
+            dict(system="plain", verify_sizes={})]
+    # one-row decodes: 1.0 s / 10 = 0.1 s, the unit; 3 rows: 0.2 s = 2.00 units, the curve 0.1667 s = 1.67;
+    # 20 rows: 0.8 s = 8.00 units, the curve 0.2 + 16/28 * 0.6 = 0.543 s = 5.43
+    assert verify_cost_line(rows, "aded", curve) == ("1 rows 1.00 / 1.00 (10 steps), 2-4 rows 2.00 / 1.67 (4 steps), "
+                                                     "17-32 rows 8.00 / 5.43 (2 steps)")
+    assert verify_cost_line(rows, "plain", curve) == ""            # no trees verified: nothing to compare
+    assert verify_cost_line([dict(system="aded", verify_sizes={"3": [1, 0.2]})], "aded", curve) == ""   # no unit
 
 
 def test_interleaving_alternates_order():
@@ -82,6 +96,10 @@ def test_tiny_bench_run_writes_consistent_report(model_path, tmp_path):
     assert aded["parted_at"] is None or 0 <= aded["parted_at"] < 12   # the first token that differs
     assert 0 <= aded["accepted"] <= aded["drafted"]
     assert aded["accepted"] == sum(int(k) * n for k, n in aded["accept_hist"].items())
+    # every verification decode is counted by its rows (pending tokens + tree), one step each
+    sizes = {int(n): c for n, c in aded["verify_sizes"].items()}
+    assert sum(c[0] for c in sizes.values()) == round(aded["tokens"] / aded["tokens_per_step"])
+    assert all(1 <= n <= 65 and c[1] > 0 for n, c in sizes.items()) and plain["verify_sizes"] == {}
     assert f"| math | aded | 1 | {aded['speedup']:.2f}x" in result["report"]
     assert logged == [f"[1/1] math/{aded['id']}: plain {plain['decode_tok_s']:.1f} tok/s, "
                       f"aded {aded['decode_tok_s']:.1f} tok/s {aded['speedup']:.2f}x"]   # one line per prompt
