@@ -279,7 +279,9 @@ def verify_cost_line(rows: list, system: str, cost: dict) -> str:
     one = sizes.get(1)
     if not one or len(sizes) < 2:
         return ""
-    unit, c1 = one[1] / one[0], cost["seconds"][0]
+    from .budget import CostModel   # the curve as the budget and replay price it (extrapolated past its end)
+    curve_of, unit = CostModel(cost["sizes"], cost["seconds"]), one[1] / one[0]
+    c1 = curve_of(1)
     parts = []
     for lo, hi in SIZE_BINS:
         got = [(n, c) for n, c in sizes.items() if lo <= n <= hi]
@@ -287,7 +289,7 @@ def verify_cost_line(rows: list, system: str, cost: dict) -> str:
         if not steps:
             continue
         measured = sum(c[1] for _, c in got) / steps / unit
-        curve = sum(c[0] * float(np.interp(n, cost["sizes"], cost["seconds"])) for n, c in got) / steps / c1
+        curve = sum(c[0] * curve_of(n) for n, c in got) / steps / c1
         parts.append(f"{lo if lo == hi else f'{lo}-{hi}'} rows {measured:.2f} / {curve:.2f} ({steps} steps)")
     return ", ".join(parts)
 
