@@ -530,7 +530,8 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
     summary = summarise(rows)
     aded = decoders.get("aded")
     cost = dict(sizes=[float(x) for x in aded.cost.sizes], seconds=[float(x) for x in aded.cost.seconds],
-                switch=aded.cost.switch, verify_batch=aded._pad) if aded else {}
+                switch=aded.cost.switch, per_cell=aded.cost.per_cell, prefix=aded.cost.prefix,
+                verify_batch=aded._pad) if aded else {}
     header = dict(model=os.path.basename(path), architecture=gguf.architecture, quantization=gguf.quantization,
                   threads=common["n_threads"], n_gpu_layers=n_gpu_layers, max_tokens=max_tokens, per_workload=per_workload, seed=seed,
                   repeat=repeat,

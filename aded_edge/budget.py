@@ -2,9 +2,9 @@
 
     rate(k) = E[tokens | k nodes] / (c(k + 1) + overhead),   E = 1 + sum of the k best reach probs
 
-c(n) is the measured cost of one llama_decode of n tokens on this machine (calibrated at load,
-rescaled online as the KV cache grows); the reach probabilities are the matrix's predictions,
-calibrated online against what the model really produced -- for every node of every MCTS tree,
+c(n) is the measured cost of one llama_decode of n tokens on this machine (calibrated at load, with
+a term for the KV cells each row reads, corrected online by the real steps); the reach
+probabilities are the matrix's predictions, calibrated online against what the model really produced -- for every node of every MCTS tree,
 verified or not, so the calibration never starves when the budget is small.
 """
 from __future__ import annotations
@@ -28,15 +28,19 @@ COPY_PRIOR = 1.0         # weight (observations) of the calibration in a copy no
 LABEL_CHUNK = 4          # a waiting tree is labelled once this many more of its depths are known
 PRIOR_WEIGHT = 4.0       # pseudo-observations behind the initial belief
 PRIOR_TRUST = 0.5        # initial belief: a node is reached half as often as the matrix says
-COST_EMA = 0.05          # weight of one step's timing in the online cost scale
+COST_EMA = 0.05          # least weight of one step's timing at a point of the cost curve (the first
+                         # steps at a point are averaged: see CostModel.observe)
+COST_PRIOR = 2.0         # real steps the calibrated c(1) counts as
+POINT_PRIOR = 4.0        # tree steps at a point before they weigh as much as all trees' ratio ...
+LEVEL_PRIOR = 8.0        # ... and tree steps in all before theirs weighs as much as c(1)'s (_refresh)
 SWITCH_SAMPLES = 9       # the shape-switch cost is the median of the last this many seen: switches
                          # are rare where few trees pay, so one decode slowed by other load must not
                          # price every tree after it (an average had kept one such spike at 11 ms)
 OVERHEAD_EMA = 0.1       # weight of one step in the per-step overhead estimate
 TABLE_SIZE = 258         # batch sizes 0..257 kept as a lookup table (a tree has at most 255 nodes)
 TABLE_REFRESH = 32       # steps between rebuilds of that table from the corrected curve (a rebuild
-                         # costs ~150 us after a decode; COST_EMA moves a point over ~20 steps)
-MIN_SEEN = 8             # real steps at a point of the curve before it stops following size 1
+                         # costs ~150 us after a decode; COST_EMA moves a point over ~20 steps); the
+                         # first rebuilds come after 1, 2, 4, ... steps
 TRUST_DECAY = 0.95       # per verified tree: weight left to older trees in the trust estimate
 TRUST_FORGET = 0.98      # per plain step: drafting is forgotten slowly, so trust recovers to test again
 TRUST_PRIOR = 2.0        # pseudo-tokens behind the initial trust of 1
@@ -108,14 +112,15 @@ def _observe(depth, prob, seen, copied, parents, tokens, truth, done, hits, trie
 
 
 @njit(cache=True)
-def _tree_step(table, k, overhead, extra):
-    """Seconds of a step that verifies k draft nodes: the decode of k + 1 tokens (table: c(n)),
-    the drafting step's time around it, and the graph switch it causes (see CostModel)."""
-    return table[k + 1] + overhead + extra
+def _tree_step(table, k, row, overhead, extra):
+    """Seconds of a step that verifies k draft nodes: the decode of k + 1 tokens (table: c(n) at
+    the curve's prefix, row: each row's cost for the KV cells beyond it), the drafting step's time
+    around it, and the graph switch it causes (see CostModel)."""
+    return table[k + 1] + (k + 1) * row + overhead + extra
 
 
 @njit(cache=True)
-def _best_size(q, table, overhead, plain, min_q, min_gain, extra, max_loss):
+def _best_size(q, table, row, overhead, plain, min_q, min_gain, extra, max_loss):
     """k maximising (1 + sum of the first k q) / _tree_step(k), over q >= min_q; k > 0 only where
     that rate beats a plain step's (1 token in `plain` seconds) by 1 + min_gain, and only where
     the step costs at most max_loss seconds more than a plain step."""
@@ -127,7 +132,7 @@ def _best_size(q, table, overhead, plain, min_q, min_gain, extra, max_loss):
         k += 1
         if k + 1 >= table.shape[0]:
             break
-        seconds = _tree_step(table, k, overhead, extra)
+        seconds = _tree_step(table, k, row, overhead, extra)
         if seconds - plain > max_loss:
             break
         expected += q[i]
@@ -147,7 +152,7 @@ def _order(q, tokens, parents, depth, prob, visits, seen, copied):
 
 @njit(cache=True)
 def _search_pays(depth, prob, seen, copied, parents, hits, tries, text_hits, text_tries, edges, trust,
-                 table, overhead, plain, max_k, min_q, min_gain, extra, max_loss):
+                 table, row, overhead, plain, max_k, min_q, min_gain, extra, max_loss):
     """Whether a search could pay: the probe's own nodes would be verified (_best_size of their q,
     sorted: q never rises from parent to child), or k alternatives to its first token, each no
     likelier than the best and together at most certain, could pay for a batch (what a flat
@@ -157,13 +162,13 @@ def _search_pays(depth, prob, seen, copied, parents, hits, tries, text_hits, tex
         return False
     q = np.sort(_predict(depth, prob, seen, copied, parents, hits, tries, text_hits, text_tries, edges))[::-1]
     q = np.minimum(q[:max_k] * trust, 1.0)
-    if _best_size(q, table, overhead, plain, min_q, min_gain, extra, max_loss) > 0:
+    if _best_size(q, table, row, overhead, plain, min_q, min_gain, extra, max_loss) > 0:
         return True
     if q[0] < min_q:
         return False
     bar = (1.0 + min_gain) / plain
     for k in range(1, min(max_k, table.shape[0] - 2) + 1):
-        seconds = _tree_step(table, k, overhead, extra)
+        seconds = _tree_step(table, k, row, overhead, extra)
         if seconds - plain > max_loss:
             break
         if (1.0 + min(k * q[0], 1.0)) / seconds > bar:
@@ -191,9 +196,13 @@ def _plausible(sizes, seconds, weights=None):
 
 
 class CostModel:
-    """c(n): seconds for one llama_decode of n tokens, from a calibration curve and an online scale."""
+    """c(n, L): seconds for one llama_decode of n tokens with L cells in the KV cache. A calibration
+    curve c(n) at `prefix` cells, a cost per batch row and KV cell beyond it (`per_cell`: attention
+    reads every cell for every row, so a tree's cost grows with the context faster than a plain
+    step's; Qwen 1.5B on the 2-core Xeon: 16 rows cost 4.9 one-token decodes at 64 cells, 6.0 at
+    2048), and online corrections from every real step."""
 
-    def __init__(self, sizes, seconds, switch: float = 0.0):
+    def __init__(self, sizes, seconds, switch: float = 0.0, per_cell: float = 0.0, prefix: int = 0):
         sizes = np.asarray(sizes, dtype=np.float64)
         seconds = np.asarray(seconds, dtype=np.float64)
         if sizes.ndim != 1 or sizes.shape != seconds.shape or sizes.size == 0 or sizes[0] != 1:
@@ -203,13 +212,19 @@ class CostModel:
         self.sizes = sizes
         self.seconds = _plausible(sizes, seconds)
         self._calibrated = self.seconds.copy()   # the curve as measured at load
-        self._seen = np.zeros(sizes.size, np.int64)  # real steps observed at each point
-        self.scale = 1.0          # online correction (KV growth, thermal state, other load)
+        # real steps seen at each point (a step between two points counts for both, by its
+        # distance) and the mean log ratio of their cost to the calibrated one (see _refresh)
+        self._seen = np.zeros(sizes.size)
+        self._dev = np.zeros(sizes.size)
+        self.per_cell = max(float(per_cell), 0.0)
+        self.prefix = int(prefix)
+        self.kv = self.prefix        # KV cells of the coming step (at(): the step loop sets it)
+        self.row = 0.0               # seconds each batch row costs now beyond the curve, for those cells
         self.overhead = 0.0       # seconds per drafting step outside llama_decode (search, accept, bookkeeping)
         self.overhead_plain = 0.0  # the same for a step that verified no draft (mostly no search either)
-        self._table = None        # c(0..TABLE_SIZE-1), rebuilt every TABLE_REFRESH observations
-        self._index = {int(n): i for i, n in enumerate(sizes)}  # size -> point on the curve
+        self._table = None        # c(0..TABLE_SIZE-1) at the curve's prefix, rebuilt by _refresh
         self._pending = 0         # observations since the table was rebuilt
+        self._observed = 0        # observations in all
         # llama.cpp reuses its compute graph while batches keep their shape and rebuilds it when the
         # size changes: a one-token decode right after a tree costs `switch` seconds more than one
         # in a run of them (SmolLM2 on the 2-core Xeon: about 0.8 ms on 11 ms). c(1) is the cost
@@ -219,6 +234,16 @@ class CostModel:
         self.last_size = 1        # batch size of the last real step
 
     @property
+    def level(self) -> float:
+        """c(1) now over c(1) calibrated: how much faster or slower the machine runs than at load."""
+        return float(self.seconds[0] / self._calibrated[0])
+
+    def at(self, kv: int) -> None:
+        """The coming step's batch starts after kv cells of the KV cache."""
+        self.kv = int(kv)
+        self.row = self.per_cell * self.level * max(self.kv - self.prefix, 0)
+
+    @property
     def tree_extra(self) -> float:
         """Seconds a tree now costs beyond c(k + 1): after a plain step, the plain step after it
         pays the graph switch (after a tree, the next plain step pays it anyway)."""
@@ -226,63 +251,87 @@ class CostModel:
 
     def tree_step(self, k: int) -> float:
         """Seconds of a step that verifies k > 0 draft nodes now (as the budget's kernels price it)."""
-        return float(_tree_step(self.table, k, self.overhead, self.tree_extra))
+        return float(_tree_step(self.table, k, self.row, self.overhead, self.tree_extra))
 
     def plain_step(self, before_search: bool = False) -> float:
         """Seconds of the plain step a tree competes with. Once a search has run, its time is spent
         either way, so a plain step is charged a drafting step's overhead too; before it, a plain
         step costs only its own (a search must also pay for itself)."""
-        return self.table[1] + (self.overhead_plain if before_search else self.overhead)
+        return self.table[1] + self.row + (self.overhead_plain if before_search else self.overhead)
 
     @property
     def table(self) -> np.ndarray:
         if self._table is None:
-            self._table = self.base(np.arange(TABLE_SIZE)) * self.scale
+            self._table = self.base(np.arange(TABLE_SIZE))
         return self._table
 
-    def base(self, n):
+    def base(self, n, curve=None):
+        """c(n) at the curve's prefix: interpolated between points, the last slope beyond them."""
         n = np.asarray(n, dtype=np.float64)
-        c = np.interp(n, self.sizes, self.seconds)
+        s = self.seconds if curve is None else curve
+        c = np.interp(n, self.sizes, s)
         if self.sizes.size >= 2:  # beyond the last point: continue the last slope
-            slope = (self.seconds[-1] - self.seconds[-2]) / (self.sizes[-1] - self.sizes[-2])
-            c = np.where(n > self.sizes[-1], self.seconds[-1] + (n - self.sizes[-1]) * max(slope, 0.0), c)
+            slope = (s[-1] - s[-2]) / (self.sizes[-1] - self.sizes[-2])
+            c = np.where(n > self.sizes[-1], s[-1] + (n - self.sizes[-1]) * max(slope, 0.0), c)
         return c
 
     def __call__(self, n):
+        """c(n) for the KV cells set by at()."""
         if isinstance(n, (int, np.integer)) and 0 <= n < TABLE_SIZE:
-            return float(self.table[n])
-        return self.base(n) * self.scale
+            return float(self.table[n]) + n * self.row
+        return self.base(n) + np.asarray(n, dtype=np.float64) * self.row
 
     def observe(self, n: int, seconds: float, overhead: float, drafted: bool = True) -> None:
-        """Learn from one real step: a size on the curve moves its own point (a calibration made
-        under other load is corrected where it matters); other sizes move the global scale. The
-        time outside llama_decode is learnt apart for steps that verified drafts and steps that did
-        not: a search costs Python time a plain step does not pay (SmolLM2 on the 2-core Xeon:
-        0.55 ms against 0.24 ms per step)."""
+        """Learn from one real step of n tokens after the cells set by at(). The time outside
+        llama_decode is learnt apart for steps that verified drafts and steps that did not: a
+        search costs Python time a plain step does not pay (SmolLM2 on the 2-core Xeon: 0.55 ms
+        against 0.24 ms per step). The decode's own time, less the KV term, corrects the curve:
+        one-token decodes its first point (the level), trees the points around their size."""
         if drafted:
             self.overhead += OVERHEAD_EMA * (max(overhead, 0.0) - self.overhead)
         else:
             self.overhead_plain += OVERHEAD_EMA * (max(overhead, 0.0) - self.overhead_plain)
-        switched, self.last_size = int(n) != self.last_size, int(n)
-        i = self._index.get(int(n))
+        n = int(n)
+        switched, self.last_size = n != self.last_size, n
+        seconds = max(seconds - n * self.row, 1e-9)
         if n == 1 and switched:   # the first one-token decode after a tree: its excess is the switch
-            self._switches.append(max(seconds - self.seconds[0] * self.scale, 0.0))
+            self._switches.append(max(seconds - self.seconds[0], 0.0))
             self.switch = sorted(self._switches)[len(self._switches) // 2]
-        elif i is not None:
-            self.seconds[i] += COST_EMA * (seconds / self.scale - self.seconds[i])
-            self._seen[i] += 1
-        else:
-            ratio = seconds / float(self.base(n))
-            self.scale += COST_EMA * (min(max(ratio, 0.2), 5.0) - self.scale)
+        elif n == 1:
+            self._seen[0] += 1
+            self.seconds[0] += max(COST_EMA, 1.0 / (COST_PRIOR + self._seen[0])) * (seconds - self.seconds[0])
+        elif n > 1:
+            x = np.log(min(max(seconds / float(self.base(n, self._calibrated)), 0.2), 5.0))
+            right = min(int(np.searchsorted(self.sizes, n)), self.sizes.size - 1)
+            left = max(right - 1, 0)
+            t = 1.0 if n >= self.sizes[right] else (n - self.sizes[left]) / (self.sizes[right] - self.sizes[left])
+            for i, w in ((left, 1.0 - t), (right, t)):
+                if w > 0 and i > 0:
+                    self._seen[i] += w
+                    self._dev[i] += w * max(COST_EMA, 1.0 / self._seen[i]) * (x - self._dev[i])
         self._pending += 1
-        if self._pending >= TABLE_REFRESH:  # rebuilt in batches: the step loop stays cheap
-            # points no real step has confirmed yet follow size 1: a calibration taken while the
-            # machine was slower or faster keeps its shape and takes the level seen now
-            rare = self._seen < MIN_SEEN
-            self.seconds[rare] = self._calibrated[rare] * (self.seconds[0] / self._calibrated[0])
-            self.seconds = _plausible(self.sizes, self.seconds, 1.0 + self._seen)
-            self._table = self.base(np.arange(TABLE_SIZE)) * self.scale   # now: from the plausible curve
-            self._pending = 0
+        self._observed += 1
+        if self._pending >= TABLE_REFRESH or self._observed & (self._observed - 1) == 0:   # 1, 2, 4, 8...
+            self._refresh()
+
+    def _refresh(self) -> None:
+        """Rebuild the curve from the real steps (in batches: the step loop stays cheap). A point's
+        cost is the calibrated one times its real steps' mean ratio, shrunk towards the ratio all
+        trees showed (by POINT_PRIOR steps), which is itself shrunk towards the level of one-token
+        decodes (by LEVEL_PRIOR steps): a calibration taken while the machine was slower or faster
+        keeps its shape at the level seen now until trees say otherwise, and a point that real
+        trees rarely take follows what the others found (a calibration whose one-token decode
+        was slowed by other load had priced every tree 15% low on the Xeon)."""
+        trees = self._seen[1:]
+        log_level = np.log(self.level)
+        shared = (float(np.dot(trees, self._dev[1:])) + LEVEL_PRIOR * log_level) / (float(trees.sum()) + LEVEL_PRIOR)
+        dev = (trees * self._dev[1:] + POINT_PRIOR * shared) / (trees + POINT_PRIOR)
+        curve = self.seconds.copy()
+        curve[1:] = self._calibrated[1:] * np.exp(dev)
+        self.seconds = _plausible(self.sizes, curve, 1.0 + self._seen)
+        self._table = self.base(np.arange(TABLE_SIZE))
+        self.at(self.kv)
+        self._pending = 0
 
 
 class ReachCalibrator:
@@ -402,7 +451,7 @@ class ReachCalibrator:
         token, each no likelier than the best and together at most certain, could pay."""
         return bool(_search_pays(tree.depth, tree.prob, tree.seen, tree.copied, tree.parents, self.hits,
                                  self.tries, self.text_hits, self.text_tries, P_EDGES, trust, cost.table,
-                                 cost.overhead, cost.plain_step(True), max_k, min_q, min_gain, cost.tree_extra,
+                                 cost.row, cost.overhead, cost.plain_step(True), max_k, min_q, min_gain, cost.tree_extra,
                                  self.at_stake() * cost.plain_step(True)))
 
     def observe(self, tree: DraftTree, truth) -> None:
@@ -483,5 +532,5 @@ def best_size(q_sorted: np.ndarray, cost: CostModel, min_q: float = 0.0, min_gai
     over the k whose step costs at most max_loss seconds more than a plain step; 0 unless the best
     rate beats a plain step's by the factor 1 + min_gain (see CostModel.plain_step for what a plain
     step costs before and after a search)."""
-    return int(_best_size(np.asarray(q_sorted, dtype=np.float64), cost.table, cost.overhead,
+    return int(_best_size(np.asarray(q_sorted, dtype=np.float64), cost.table, cost.row, cost.overhead,
                           cost.plain_step(before_search), min_q, min_gain, cost.tree_extra, max_loss))

@@ -39,7 +39,10 @@ from .trigram import MatrixFileError, TrigramMatrix
 COST_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 17, 20, 24, 32, 33, 40, 48, 64, 96, 128, 192, 256)
 COST_REPEATS = 3          # median of this many timings per size
 COST_RUN = 6              # one-token decodes timed after a tree per round: a run of plain steps
-COST_PREFIX = 64          # KV entries present while measuring (the curve is rescaled online)
+COST_PREFIX = 64          # KV entries present while measuring the curve ...
+COST_FAR = 576            # ... and while measuring how a tree's cost grows with them (measure_kv_cost)
+COST_KV_ROWS = 32         # rows of the tree timed for that (the largest size up to this)
+COST_KV_SPAN = 128        # fewer cells between the two than this: no KV term (a small context)
 LEARN_EVERY = 4           # plain steps (no draft verified) learn once this many tokens wait: each call
                           # after a decode costs tens of microseconds (cold caches), little work each
 COST_MAX_SPREAD = 0.25    # a calibration whose repeats differ more than this (median relative spread)
@@ -329,7 +332,7 @@ class AdedLlama(llama_cpp.Llama):
                     system=llama_cpp.llama_print_system_info().decode(errors="replace"),
                     threads=p.n_threads, threads_batch=p.n_threads_batch, n_ctx=p.n_ctx, n_ubatch=p.n_ubatch,
                     flash_attn=int(p.flash_attn_type), gpu_layers=self.model_params.n_gpu_layers,
-                    max_size=self._max_nodes + 1, verify_batch=self._pad, version=5)
+                    max_size=self._max_nodes + 1, verify_batch=self._pad, version=6)
 
     def _cost_curve(self) -> CostModel:
         """The measured cost curve, from the on-disk cache when this exact setup was measured."""
@@ -337,26 +340,51 @@ class AdedLlama(llama_cpp.Llama):
         path = cache_file("costs", key)
         with contextlib.suppress(OSError, ValueError, KeyError):
             data = json.loads(path.read_text())
-            return CostModel(data["sizes"], data["seconds"], data["switch"])
+            return CostModel(data["sizes"], data["seconds"], data["switch"], data["per_cell"], data["prefix"])
         for _attempt in range(2):
             sizes, seconds, spread, switch = self.measure_costs()
             if spread <= COST_MAX_SPREAD:
                 break
-        else:  # the machine was busy: trust this curve for now (it is corrected online), not later
-            return CostModel(sizes, seconds, switch)
-        write_cache(path, dict(key=key, sizes=sizes, seconds=seconds, spread=spread, switch=switch))
-        return CostModel(sizes, seconds, switch)
+        else:  # the machine was busy: trust this curve for now (it is corrected online; no KV term
+            return CostModel(sizes, seconds, switch)   # from a busy machine either), not later
+        prefix = self._cost_prefix()
+        per_cell = self.measure_kv_cost(sizes, seconds)
+        write_cache(path, dict(key=key, sizes=sizes, seconds=seconds, spread=spread, switch=switch,
+                               per_cell=per_cell, prefix=prefix))
+        return CostModel(sizes, seconds, switch, per_cell, prefix)
 
-    def measure_costs(self, sizes=None, repeats: int = COST_REPEATS):
+    def _cost_prefix(self, far: bool = False) -> int:
+        """KV cells present while the cost curve is measured (far: while the KV term is)."""
+        return min(COST_FAR if far else COST_PREFIX, self._n_ctx - self._max_nodes - 2)
+
+    def measure_kv_cost(self, sizes, seconds, repeats: int = COST_REPEATS) -> float:
+        """Seconds each batch row costs per KV cell beyond the curve's prefix, from a tree of
+        COST_KV_ROWS rows (or the largest below) and one-token decodes timed again after COST_FAR
+        cells: c(n, L) = c(n) + per_cell * n * (L - prefix). Only the ratio of the two is used, so
+        a machine that is slower or faster as a whole while it measures does not bend the result.
+        0 where the context is too small to hold the span or the largest tree has under 4 rows."""
+        near, far = self._cost_prefix(), self._cost_prefix(far=True)
+        k = max((n for n in sizes if n <= COST_KV_ROWS), default=1)
+        if far - near < COST_KV_SPAN or k < 4:
+            return 0.0
+        _, far_seconds, _, _ = self.measure_costs([k], repeats, prefix=far)
+        ratio = far_seconds[-1] / far_seconds[0]
+        c1, ck = seconds[0], seconds[list(sizes).index(k)]
+        if k - ratio < 0.5:   # the far tree cost as much as its rows one by one: no usable ratio
+            return 0.0
+        return max((ratio * c1 - ck) / ((far - near) * (k - ratio)), 0.0)
+
+    def measure_costs(self, sizes=None, repeats: int = COST_REPEATS, prefix: int | None = None):
         """(sizes, seconds of one llama_decode of n tokens with logits for each size, median
         relative spread of the repeats: how much other load disturbed the measurement, switch:
         how much more a one-token decode costs right after a decode of another size than inside
         a run of them). Size 1 is timed inside a run (the median of the one-token decodes after
         the first), as plain steps follow each other and as the online correction sees them; the
-        other sizes each after a decode of another size, as trees change size from step to step."""
+        other sizes each after a decode of another size, as trees change size from step to step.
+        prefix: KV cells present (default: the curve's, _cost_prefix)."""
         top = self._max_nodes + 1
         sizes = [1] + [n for n in (sizes or COST_SIZES) if 1 < n <= top]   # the curve starts at one token
-        prefix = min(COST_PREFIX, self._n_ctx - top - 1)
+        prefix = self._cost_prefix() if prefix is None else prefix
         mem = llama_cpp.llama_get_memory(self._ctx.ctx)
         vocab = self.n_vocab()
         filler = [(7 + 31 * i) % vocab for i in range(prefix + top + 1)]
@@ -485,6 +513,7 @@ class AdedLlama(llama_cpp.Llama):
                 t0 = time.perf_counter()
                 # draft: MCTS tree, calibrated reach probabilities, the prefix of it that pays (maybe none)
                 max_nodes = min(room, self._max_nodes - len(pending) + 1)
+                cost.at(n_past)
                 full, tree, expected = draft_step(matrix, history, cfg, calibrator, cost, max_nodes, room, self.drafter, lookup)
                 k = len(tree)
                 t1 = time.perf_counter()

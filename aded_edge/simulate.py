@@ -30,7 +30,7 @@ def load_recorded(path) -> list[dict]:
     return rows
 
 
-COUNTS = ("tokens", "steps", "drafted", "accepted", "redecoded", "draft_s", "verify_s")  # summed per workload
+COUNTS = ("tokens", "steps", "drafted", "accepted", "redecoded", "draft_s", "verify_s", "plain_s")  # summed per workload
 
 
 def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, static=None,
@@ -61,6 +61,7 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
         out = truth[:1]
         pending = 1                          # tokens emitted but not yet in the (simulated) KV cache
         while len(out) < len(truth):
+            cost.at(len(prompt) + len(out) - pending)   # the KV cells before this step's batch
             t = time.perf_counter()
             full, tree, expected = draft_step(matrix, history, config, calibrator, cost, nodes, deepest,
                                               lookup=lookup)
@@ -72,6 +73,7 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
             kept = next((j for j, node in enumerate(acc) if node != j), len(acc))
             pending = 1 + len(acc) - kept
             emitted = [t for t in emitted if t >= 0]
+            c["plain_s"] += len(emitted) * float(cost(1))   # plain decoding's steps at the same cells
             start = len(history)
             history.extend(emitted)
             lookup.extend(emitted)
@@ -87,6 +89,7 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
         if out != truth:
             raise AssertionError("replay did not reproduce the recorded output")
         c["tokens"] += len(truth) - 1
+    cost.at(cost.prefix)
     counts: dict[str, dict] = {}
     for key, c in prompts.items():
         w = counts.setdefault(key.split("/", 1)[0], dict.fromkeys(COUNTS, 0))
@@ -108,18 +111,21 @@ def copy_oracle(recorded: list[dict], cost: CostModel, depth: int, min_order: in
         lookup = _lookup(rec, list(prompt) + truth[:1], min_order)
         at = 1
         while at < len(truth):
+            cost.at(len(prompt) + at - 1)
             chain, _ = lookup.chain(depth)
             right = 0
             while right < len(chain) and at + right < len(truth) and chain[right] == truth[at + right]:
                 right += 1
             k = max(range(right + 1), key=lambda j: (j + 1) / float(cost(j + 1)))   # ties: the shortest
             c["verify_s"] += float(cost(k + 1))
+            c["plain_s"] += (k + 1) * float(cost(1))
             c["steps"] += 1
             c["drafted"] += k
             c["accepted"] += k
             lookup.extend(truth[at:at + k + 1])
             at += k + 1
         c["tokens"] += len(truth) - 1
+    cost.at(cost.prefix)
     return _totals(counts, depth, cost)
 
 
@@ -136,7 +142,7 @@ def _totals(counts: dict, nodes: int, cost: CostModel) -> dict:
 
 
 def _summary(c: dict, nodes: int, cost: CostModel) -> dict:
-    plain_s = c["tokens"] * float(cost(1))
+    plain_s = c["plain_s"] or c["tokens"] * float(cost(1))   # (no cost curve: no KV term)
     return dict(c, nodes=nodes, plain_s=plain_s, tokens_per_step=c["tokens"] / max(c["steps"], 1),
                 draft_us_per_token=1e6 * c["draft_s"] / max(c["tokens"], 1),
                 est_speedup=plain_s / max(c["verify_s"] + c["draft_s"], 1e-12))
@@ -148,7 +154,7 @@ def load_costs(path) -> CostModel:
     try:
         first = json.loads(text.splitlines()[0]) if text.strip() else {}
         data = first.get("header", {}).get("cost_curve") or first
-        return CostModel(data["sizes"], data["seconds"])
+        return CostModel(data["sizes"], data["seconds"], 0.0, data.get("per_cell", 0.0), data.get("prefix", 0))
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         raise ValueError(f"{path}: no cost curve (bench's rows.jsonl or a file of the cost cache)") from None
 

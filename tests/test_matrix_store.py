@@ -93,7 +93,7 @@ def test_a_disturbed_cost_calibration_is_used_but_never_cached(model_path, cache
     calls = []
 
     def fake(spread):
-        def measure():
+        def measure(sizes=None, repeats=None, prefix=None):
             calls.append(spread)
             return [1, 2, 4], [0.010, 0.015, 0.025], spread, 0.001
         return measure
@@ -120,6 +120,38 @@ def test_cost_calibration_measures_every_size_in_rounds(model_path, cache):
     assert sizes == [1, 2, 4]                       # sizes above the largest tree + 1 are left out
     assert len(seconds) == 3 and all(s > 0 for s in seconds) and spread >= 0 and switch >= 0
     assert llm.kv_positions() == 0                  # the calibration leaves an empty cache behind
+
+
+def test_kv_cost_comes_from_the_ratio_of_a_tree_to_a_plain_step_far_into_the_cache(model_path, cache, monkeypatch):
+    """c(n, L) = c(n) + per_cell * n * (L - prefix): the far timings are compared as a ratio, so
+    a machine running slower as a whole while it measured them gives the same per_cell."""
+    from aded_edge.llama import COST_FAR, COST_PREFIX
+    llm = _llm(model_path, persist=False)
+    span, per_cell = COST_FAR - COST_PREFIX, 1e-6
+    asked = []
+    for slower in (1.0, 1.5):
+        def far(sizes, repeats, prefix, slower=slower):
+            asked.append((list(sizes), prefix))
+            k = sizes[-1]
+            return [1, k], [slower * (0.010 + span * per_cell), slower * (0.040 + k * span * per_cell)], 0.0, 0.0
+        monkeypatch.setattr(llm, "measure_costs", far)
+        assert llm.measure_kv_cost([1, 2, 8, 64], [0.010, 0.015, 0.040, 0.200]) == pytest.approx(per_cell, rel=1e-6)
+    assert asked == [([8], COST_FAR)] * 2            # the largest size up to COST_KV_ROWS, far into the cache
+    # a far tree that costs its rows one by one has no usable ratio: no KV term rather than a wild one
+    monkeypatch.setattr(llm, "measure_costs", lambda sizes, repeats, prefix: ([1, 8], [0.01, 0.08], 0.0, 0.0))
+    assert llm.measure_kv_cost([1, 8], [0.010, 0.040]) == 0.0
+
+
+def test_kv_cost_is_measured_on_real_decodes(model_path, cache):
+    llm = _llm(model_path, persist=False)
+    decoded, decode = [], llm._decode
+    llm._decode = lambda batch, meanwhile=None: (decoded.append(int(batch.pos[0])), decode(batch, meanwhile))
+    sizes, seconds, _, _ = llm.measure_costs(sizes=[1, 8], repeats=1)
+    per_cell = llm.measure_kv_cost(sizes, seconds, repeats=1)
+    from aded_edge.llama import COST_FAR
+    assert COST_FAR in decoded                                   # timed after COST_FAR cells
+    assert 0.0 <= per_cell < seconds[0] / COST_FAR              # a row reading them costs less than a plain step
+    assert llm.kv_positions() == 0                               # and the cache is left empty
 
 
 def test_timed_decodes_wait_for_the_backend(model_path, cache, monkeypatch):
