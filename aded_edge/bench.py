@@ -265,23 +265,26 @@ SIZE_BINS = ((1, 1), (2, 4), (5, 8), (9, 16), (17, 32), (33, 64), (65, 256))
 
 def verify_cost_line(rows: list, system: str, cost: dict) -> str:
     """How much a system's verification decodes cost by batch rows (pending tokens and tree), as
-    measured in this run, against the cost curve: each bin's mean decode in units of the run's own
-    mean one-row decode, and what the curve says for the same decodes. "" when the system verified
-    no trees or its one-row decodes were not timed. (Replay prices steps with the curve; where the
-    first figure runs above the second, a bench falls short of its replay.)"""
+    measured in this run, against what the budget's cost model predicted for each of them when it
+    chose it (rows that do not carry predictions, from older runs: against the cost curve): each
+    bin's mean decode in units of the run's own mean one-row decode. "" when the system verified
+    no trees or its one-row decodes were not timed. (Where the first figure runs above the
+    second, the budget priced those trees too low.)"""
     sizes: dict = {}
     for r in rows:
         if r["system"] == system:
-            for n, (steps, seconds) in (r.get("verify_sizes") or {}).items():
-                c = sizes.setdefault(int(n), [0, 0.0])
-                c[0] += steps
-                c[1] += seconds
+            for n, c in (r.get("verify_sizes") or {}).items():
+                s = sizes.setdefault(int(n), [0, 0.0, 0.0, True])
+                s[0] += c[0]
+                s[1] += c[1]
+                s[2] += c[2] if len(c) > 2 else 0.0
+                s[3] &= len(c) > 2
     one = sizes.get(1)
     if not one or len(sizes) < 2:
         return ""
     from .budget import CostModel   # the curve as the budget and replay price it (extrapolated past its end)
     curve_of, unit = CostModel(cost["sizes"], cost["seconds"]), one[1] / one[0]
-    c1 = curve_of(1)
+    predicted = all(c[3] for c in sizes.values())
     parts = []
     for lo, hi in SIZE_BINS:
         got = [(n, c) for n, c in sizes.items() if lo <= n <= hi]
@@ -289,9 +292,12 @@ def verify_cost_line(rows: list, system: str, cost: dict) -> str:
         if not steps:
             continue
         measured = sum(c[1] for _, c in got) / steps / unit
-        curve = sum(c[0] * curve_of(n) for n, c in got) / steps / c1
-        parts.append(f"{lo if lo == hi else f'{lo}-{hi}'} rows {measured:.2f} / {curve:.2f} ({steps} steps)")
-    return ", ".join(parts)
+        if predicted:
+            other = sum(c[2] for _, c in got) / steps / unit
+        else:
+            other = sum(c[0] * curve_of(n) for n, c in got) / steps / curve_of(1)
+        parts.append(f"{lo if lo == hi else f'{lo}-{hi}'} rows {measured:.2f} / {other:.2f} ({steps} steps)")
+    return ("predicted" if predicted else "on the curve") + ": " + ", ".join(parts)
 
 
 def prompt_line(i: int, n: int, rows: list) -> str:
@@ -512,7 +518,7 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
                              verify_ms_per_step=st.get("verify_ms_per_step", 0.0),
                              drafted=st.get("drafted"), accepted=st.get("accepted"),  # None: not reported
                              accept_hist=st.get("accept_hist", {}),
-                             verify_sizes=st.get("verify_sizes", {}),   # rows of a decode -> [steps, seconds]
+                             verify_sizes=st.get("verify_sizes", {}),   # rows of a decode -> [steps, seconds, predicted]
                              identical=all(x.tokens == ref.tokens if x.text is None else same_text(x.text, ref_text)
                                            for x in runs[s]),
                              parted_at=None, parted_gap=None))   # set below where a run parted from plain's tokens
@@ -577,7 +583,7 @@ def run_bench(model, workloads=WORKLOADS, per_workload: int = 3, max_tokens: int
         for s in systems:
             line = verify_cost_line(rows, s, cost)
             if line:
-                report += f"{s}'s decodes by batch rows, cost measured in this run / on the curve, in one-row decodes: {line}\n"
+                report += f"{s}'s decodes by batch rows, in one-row decodes, cost measured in this run / {line}\n"
     (out_dir / "summary.md").write_text(report)
     report += "\n" + write_plots(out_dir, summary, rows, cost) + f"\nraw rows: {out_dir}/rows.jsonl\n"
     return dict(report=report, summary=summary, rows=rows, out_dir=str(out_dir))

@@ -516,6 +516,7 @@ class AdedLlama(llama_cpp.Llama):
                 cost.at(n_past)
                 full, tree, expected = draft_step(matrix, history, cfg, calibrator, cost, max_nodes, room, self.drafter, lookup)
                 k = len(tree)
+                predicted = cost(len(pending) + k)
                 t1 = time.perf_counter()
                 # verify: the pending tokens and the whole tree in one llama_decode
                 last, learn = learn, None
@@ -555,7 +556,7 @@ class AdedLlama(llama_cpp.Llama):
                 stats.record_step(k, len(accepted))
                 stats.draft_s += t1 - t0
                 stats.verify_s += t2 - t1
-                stats.record_verify(len(pending) + k, t2 - t1)
+                stats.record_verify(len(pending) + k, t2 - t1, predicted)
                 stats.accept_s += t3 - t2
                 for j, tok in enumerate(emitted):
                     # plain generate asks the criteria before yielding a token, showing the tokens before it

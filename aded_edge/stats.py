@@ -17,7 +17,8 @@ class DecodeStats:
     verify_s: float = 0.0        # llama_decode of the trees
     accept_s: float = 0.0        # walking the tree, KV bookkeeping, matrix update
     accept_hist: dict = field(default_factory=dict)  # accepted draft tokens per step -> count of steps
-    verify_sizes: dict = field(default_factory=dict)  # rows of a verification decode -> [steps, seconds]
+    verify_sizes: dict = field(default_factory=dict)  # rows of a verification decode -> [steps, seconds,
+                                                      # seconds the cost model predicted for them]
     plain_reason: str = ""       # why plain decoding was used instead of trees ("" when trees ran)
 
     @property
@@ -38,11 +39,13 @@ class DecodeStats:
         self.accepted += accepted
         self.accept_hist[accepted] = self.accept_hist.get(accepted, 0) + 1
 
-    def record_verify(self, rows: int, seconds: float) -> None:
-        """One verification decode of `rows` batch rows (the pending tokens and the tree) took seconds."""
-        c = self.verify_sizes.setdefault(rows, [0, 0.0])
+    def record_verify(self, rows: int, seconds: float, predicted: float = 0.0) -> None:
+        """One verification decode of `rows` batch rows (the pending tokens and the tree) took
+        seconds; the budget's cost model had predicted `predicted`."""
+        c = self.verify_sizes.setdefault(rows, [0, 0.0, 0.0])
         c[0] += 1
         c[1] += seconds
+        c[2] += predicted
 
     def as_dict(self) -> dict:
         d = asdict(self)

@@ -36,8 +36,11 @@ def test_verify_cost_line_compares_measured_decodes_with_the_curve():
             dict(system="plain", verify_sizes={})]
     # one-row decodes: 1.0 s / 10 = 0.1 s, the unit; 3 rows: 0.2 s = 2.00 units, the curve 0.1667 s = 1.67;
     # 20 rows: 0.8 s = 8.00 units, the curve 0.2 + 16/28 * 0.6 = 0.543 s = 5.43
-    assert verify_cost_line(rows, "aded", curve) == ("1 rows 1.00 / 1.00 (10 steps), 2-4 rows 2.00 / 1.67 (4 steps), "
-                                                     "17-32 rows 8.00 / 5.43 (2 steps)")
+    assert verify_cost_line(rows, "aded", curve) == ("on the curve: 1 rows 1.00 / 1.00 (10 steps), 2-4 rows 2.00 / "
+                                                     "1.67 (4 steps), 17-32 rows 8.00 / 5.43 (2 steps)")
+    # rows that carry the cost model's prediction for each decode: against it (3 rows: 0.72 s / 4 / 0.1 s)
+    rows = [dict(system="aded", verify_sizes={"1": [10, 1.0, 1.1], "3": [4, 0.8, 0.72]})]
+    assert verify_cost_line(rows, "aded", curve) == "predicted: 1 rows 1.00 / 1.10 (10 steps), 2-4 rows 2.00 / 1.80 (4 steps)"
     assert verify_cost_line(rows, "plain", curve) == ""            # no trees verified: nothing to compare
     assert verify_cost_line([dict(system="aded", verify_sizes={"3": [1, 0.2]})], "aded", curve) == ""   # no unit
 
@@ -99,7 +102,7 @@ def test_tiny_bench_run_writes_consistent_report(model_path, tmp_path):
     # every verification decode is counted by its rows (pending tokens + tree), one step each
     sizes = {int(n): c for n, c in aded["verify_sizes"].items()}
     assert sum(c[0] for c in sizes.values()) == round(aded["tokens"] / aded["tokens_per_step"])
-    assert all(1 <= n <= 65 and c[1] > 0 for n, c in sizes.items()) and plain["verify_sizes"] == {}
+    assert all(1 <= n <= 65 and c[1] > 0 and c[2] > 0 for n, c in sizes.items()) and plain["verify_sizes"] == {}
     assert f"| math | aded | 1 | {aded['speedup']:.2f}x" in result["report"]
     assert logged == [f"[1/1] math/{aded['id']}: plain {plain['decode_tok_s']:.1f} tok/s, "
                       f"aded {aded['decode_tok_s']:.1f} tok/s {aded['speedup']:.2f}x"]   # one line per prompt
