@@ -281,6 +281,11 @@ class CostModel:
             return float(self.table[n]) + n * self.row
         return self.base(n) + np.asarray(n, dtype=np.float64) * self.row
 
+    def plain_tokens(self, m: int) -> float:
+        """Seconds plain decoding takes for the next m tokens, one decode each, from the cells set
+        by at() on (each token's decode reads one cell more than the last)."""
+        return m * self(1) + self.per_cell * self.level * m * (m - 1) / 2 if self.kv >= self.prefix else m * self(1)
+
     def observe(self, n: int, seconds: float, overhead: float, drafted: bool = True) -> None:
         """Learn from one real step of n tokens after the cells set by at(). The time outside
         llama_decode is learnt apart for steps that verified drafts and steps that did not: a

@@ -73,7 +73,7 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
             kept = next((j for j, node in enumerate(acc) if node != j), len(acc))
             pending = 1 + len(acc) - kept
             emitted = [t for t in emitted if t >= 0]
-            c["plain_s"] += len(emitted) * float(cost(1))   # plain decoding's steps at the same cells
+            c["plain_s"] += cost.plain_tokens(len(emitted))   # plain decoding of the same tokens, at their cells
             start = len(history)
             history.extend(emitted)
             lookup.extend(emitted)
@@ -118,7 +118,7 @@ def copy_oracle(recorded: list[dict], cost: CostModel, depth: int, min_order: in
                 right += 1
             k = max(range(right + 1), key=lambda j: (j + 1) / float(cost(j + 1)))   # ties: the shortest
             c["verify_s"] += float(cost(k + 1))
-            c["plain_s"] += (k + 1) * float(cost(1))
+            c["plain_s"] += cost.plain_tokens(min(k + 1, len(truth) - at))   # (a last bonus lies past the answer)
             c["steps"] += 1
             c["drafted"] += k
             c["accepted"] += k

@@ -252,12 +252,21 @@ def test_copy_oracle_verifies_each_copy_exactly_as_far_as_it_goes(tmp_path):
     assert (linear["steps"], linear["drafted"], linear["est_speedup"]) == (39, 0, pytest.approx(1.0))
     short = copy_oracle(rec, CostModel([1, 64], [1.0, 1.0]), depth=4)      # chains of at most 4 tokens
     assert short["steps"] > flat["steps"] and short["accepted"] == short["drafted"]
+    # with a KV term each decode also pays for the cells before it, per row: plain decoding's token
+    # i reads 40 + i cells; a tree's rows all read the cells before its step
+    kv = copy_oracle(rec, CostModel([1, 64], [1.0, 1.0], per_cell=0.01, prefix=0), depth=32)
+    assert kv["plain_s"] == pytest.approx(sum(1.0 + 0.01 * (40 + i) for i in range(39)))
+    assert 1.0 < kv["est_speedup"] < flat["est_speedup"]
     path = tmp_path / "recorded.jsonl"
     path.write_text(json.dumps(dict(rec[0], id="a", n_vocab=256)) + "\n")
     costs = tmp_path / "costs.json"
     costs.write_text(json.dumps(dict(sizes=[1, 64], seconds=[1.0, 1.0])))
     out = simulate(path, sizes=(8,), costs=costs, oracle=True, by_workload=True)
     assert "| copy oracle | - | 32 | 3.00 | 26/26 | - | 3.000x |" in out and "| copy oracle | edit | 32 |" in out
+    rows = tmp_path / "rows.jsonl"   # a bench's header carries the KV term, and replay prices with it
+    rows.write_text(json.dumps(dict(header=dict(cost_curve=dict(sizes=[1, 64], seconds=[1.0, 1.0], per_cell=0.01,
+                                                                   prefix=0)))) + "\n")
+    assert f"| 3.00 | 26/26 | - | {kv['est_speedup']:.3f}x |" in simulate(path, sizes=(8,), costs=rows, oracle=True)
     from aded_edge.cli import main
     assert main(["simulate", str(path), "--oracle"]) == 1   # no cost curve: one line, exit 1
 
