@@ -40,7 +40,8 @@ COST_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 17, 20, 24, 32, 33, 40, 48, 64, 9
 COST_REPEATS = 3          # median of this many timings per size
 COST_RUN = 6              # one-token decodes timed after a tree per round: a run of plain steps
 COST_PREFIX = 64          # KV entries present while measuring the curve ...
-COST_FAR = 576            # ... and while measuring how a tree's cost grows with them (measure_kv_cost)
+COST_FAR = 1088           # ... and while measuring how a tree's cost grows with them (measure_kv_cost;
+                          # a span of 1024 cells: 576 left SmolLM2's 1-3% effect inside the noise)
 COST_KV_ROWS = 32         # rows of the tree timed for that (the largest size up to this)
 COST_KV_SPAN = 128        # fewer cells between the two than this: no KV term (a small context)
 LEARN_EVERY = 4           # plain steps (no draft verified) learn once this many tokens wait: each call
@@ -332,7 +333,7 @@ class AdedLlama(llama_cpp.Llama):
                     system=llama_cpp.llama_print_system_info().decode(errors="replace"),
                     threads=p.n_threads, threads_batch=p.n_threads_batch, n_ctx=p.n_ctx, n_ubatch=p.n_ubatch,
                     flash_attn=int(p.flash_attn_type), gpu_layers=self.model_params.n_gpu_layers,
-                    max_size=self._max_nodes + 1, verify_batch=self._pad, version=6)
+                    max_size=self._max_nodes + 1, verify_batch=self._pad, version=7)
 
     def _cost_curve(self) -> CostModel:
         """The measured cost curve, from the on-disk cache when this exact setup was measured."""
@@ -348,7 +349,9 @@ class AdedLlama(llama_cpp.Llama):
         else:  # the machine was busy: trust this curve for now (it is corrected online; no KV term
             return CostModel(sizes, seconds, switch)   # from a busy machine either), not later
         prefix = self._cost_prefix()
-        per_cell = self.measure_kv_cost(sizes, seconds)
+        per_cell = self.measure_kv_cost(sizes)
+        if per_cell is None:   # disturbed: no KV term for this session, and nothing cached
+            return CostModel(sizes, seconds, switch)
         write_cache(path, dict(key=key, sizes=sizes, seconds=seconds, spread=spread, switch=switch,
                                per_cell=per_cell, prefix=prefix))
         return CostModel(sizes, seconds, switch, per_cell, prefix)
@@ -357,22 +360,26 @@ class AdedLlama(llama_cpp.Llama):
         """KV cells present while the cost curve is measured (far: while the KV term is)."""
         return min(COST_FAR if far else COST_PREFIX, self._n_ctx - self._max_nodes - 2)
 
-    def measure_kv_cost(self, sizes, seconds, repeats: int = COST_REPEATS) -> float:
-        """Seconds each batch row costs per KV cell beyond the curve's prefix, from a tree of
-        COST_KV_ROWS rows (or the largest below) and one-token decodes timed again after COST_FAR
-        cells: c(n, L) = c(n) + per_cell * n * (L - prefix). Only the ratio of the two is used, so
-        a machine that is slower or faster as a whole while it measures does not bend the result.
-        0 where the context is too small to hold the span or the largest tree has under 4 rows."""
+    def measure_kv_cost(self, sizes, repeats: int = COST_REPEATS):
+        """Seconds each batch row costs per KV cell beyond the curve's prefix: a tree of
+        COST_KV_ROWS rows (or the largest size below) and one-token decodes, timed after COST_FAR
+        cells and right after that again after the curve's prefix, so c(n, L) = c(n) + per_cell *
+        n * (L - prefix). Only the ratio of tree to plain step at each length is used, so a
+        machine that is slower or faster as a whole does not bend the result. 0 where the context
+        is too small to hold the span or the largest tree has under 4 rows; None where other load
+        disturbed the timings (their spread) or the result is beyond reason (a row reading
+        COST_FAR cells dearer than a whole one-token decode)."""
         near, far = self._cost_prefix(), self._cost_prefix(far=True)
         k = max((n for n in sizes if n <= COST_KV_ROWS), default=1)
         if far - near < COST_KV_SPAN or k < 4:
             return 0.0
-        _, far_seconds, _, _ = self.measure_costs([k], repeats, prefix=far)
-        ratio = far_seconds[-1] / far_seconds[0]
-        c1, ck = seconds[0], seconds[list(sizes).index(k)]
-        if k - ratio < 0.5:   # the far tree cost as much as its rows one by one: no usable ratio
-            return 0.0
-        return max((ratio * c1 - ck) / ((far - near) * (k - ratio)), 0.0)
+        _, far_seconds, far_spread, _ = self.measure_costs([k], repeats, prefix=far)
+        _, seconds, spread, _ = self.measure_costs([k], repeats, prefix=near)
+        (one, tree), ratio = (seconds[0], seconds[-1]), far_seconds[-1] / far_seconds[0]
+        if max(spread, far_spread) > COST_MAX_SPREAD or k - ratio < 0.5:
+            return None   # (k - ratio < 0.5: the far tree cost as much as its rows one by one)
+        per_cell = max((ratio * one - tree) / ((far - near) * (k - ratio)), 0.0)
+        return per_cell if per_cell * far <= one else None
 
     def measure_costs(self, sizes=None, repeats: int = COST_REPEATS, prefix: int | None = None):
         """(sizes, seconds of one llama_decode of n tokens with logits for each size, median
