@@ -95,7 +95,7 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
         w = counts.setdefault(key.split("/", 1)[0], dict.fromkeys(COUNTS, 0))
         for k in COUNTS:
             w[k] += c[k]
-    return dict(_totals(counts, nodes, cost), by_prompt={k: _summary(c, nodes, cost) for k, c in prompts.items()})
+    return dict(_totals(counts, nodes), by_prompt={k: _summary(c, nodes) for k, c in prompts.items()})
 
 
 def copy_oracle(recorded: list[dict], cost: CostModel, depth: int, min_order: int = 2) -> dict:
@@ -126,7 +126,7 @@ def copy_oracle(recorded: list[dict], cost: CostModel, depth: int, min_order: in
             at += k + 1
         c["tokens"] += len(truth) - 1
     cost.at(cost.prefix)
-    return _totals(counts, depth, cost)
+    return _totals(counts, depth)
 
 
 def _lookup(rec: dict, history: list, min_order: int) -> ContextLookup:
@@ -135,17 +135,16 @@ def _lookup(rec: dict, history: list, min_order: int) -> ContextLookup:
     return ContextLookup(history, min_order, rec.get("ends", ()), dict(rec.get("indents", ())))
 
 
-def _totals(counts: dict, nodes: int, cost: CostModel) -> dict:
+def _totals(counts: dict, nodes: int) -> dict:
     """The summary over every workload's counts, and per workload."""
     total = {k: sum(c[k] for c in counts.values()) for k in COUNTS}
-    return dict(_summary(total, nodes, cost), by_workload={w: _summary(c, nodes, cost) for w, c in counts.items()})
+    return dict(_summary(total, nodes), by_workload={w: _summary(c, nodes) for w, c in counts.items()})
 
 
-def _summary(c: dict, nodes: int, cost: CostModel) -> dict:
-    plain_s = c["plain_s"] or c["tokens"] * float(cost(1))   # (no cost curve: no KV term)
-    return dict(c, nodes=nodes, plain_s=plain_s, tokens_per_step=c["tokens"] / max(c["steps"], 1),
+def _summary(c: dict, nodes: int) -> dict:
+    return dict(c, nodes=nodes, tokens_per_step=c["tokens"] / max(c["steps"], 1),
                 draft_us_per_token=1e6 * c["draft_s"] / max(c["tokens"], 1),
-                est_speedup=plain_s / max(c["verify_s"] + c["draft_s"], 1e-12))
+                est_speedup=c["plain_s"] / max(c["verify_s"] + c["draft_s"], 1e-12))
 
 
 def load_costs(path) -> CostModel:
