@@ -712,8 +712,10 @@ def bench(model, workloads, per_workload, max_tokens, systems, seed, threads, n_
               help="Also (needs --costs) each workload's speed-up as the bench reports it, the geometric mean over "
                    "its prompts, and its lowest prompt.")
 @click.option("--oracle", is_flag=True,
-              help="Also the copy oracle (needs --costs): each copy verified exactly as far as the output follows "
-                   "it, what copy drafting reaches on this cost curve when every copy's end is known.")
+              help="Also the oracles (needs --costs): the tree oracle verifies only the path of each whole tree that "
+                   "the output follows, the copy oracle each copy exactly as far as the output follows it: what "
+                   "any budget reaches with these trees, or with copies, on this cost curve when it knows what the "
+                   "model accepts.")
 def simulate(recorded, sizes, corpus_path, costs_path, settings, by_workload, by_prompt, oracle):
     """Replay RECORDED plain output (bench's recorded.jsonl) through the drafter, no model:
     tokens per step and drafting time per token for each tree size."""

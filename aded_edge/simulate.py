@@ -34,18 +34,24 @@ COUNTS = ("tokens", "steps", "drafted", "accepted", "redecoded", "draft_s", "ver
 
 
 def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, static=None,
-           cost: CostModel | None = None) -> dict:
+           cost: CostModel | None = None, oracle: bool = False) -> dict:
     """Replay every recording, in order, with trees of up to `nodes` nodes (one matrix and one
     calibration shared across recordings, as in one decoding process such as a bench run;
     `static`: a corpus matrix's static arrays). With a cost curve the auto budget chooses each
     step's tree exactly as decoding does, and the verification time is estimated from the curve.
+    `oracle` (needs a cost curve): the tree oracle, a budget that knows what the model accepts:
+    each step searches the whole `nodes`-node tree, verifies only the path the model accepts in
+    it, cut where tokens per second on the curve peak (drafting time not counted), else takes a
+    plain step: what any budget could reach with this drafter's trees on this curve.
     Returns tokens, steps, drafted and accepted counts, drafting time and (with a cost curve)
     estimated seconds of aded and of plain, in total, per workload (`by_workload`) and per
     recording (`by_prompt`, keyed "workload/id")."""
+    if oracle and cost is None:
+        raise ValueError("the tree oracle needs a cost curve")
     matrix = TrigramMatrix(n_vocab, top_k=config.top_k, increment=config.adapt_increment, cap=config.adapt_cap)
     if static is not None:
         matrix.set_static(*static)
-    config = config.replace(max_nodes=nodes, budget="auto" if cost is not None else "fixed")
+    config = config.replace(max_nodes=nodes, budget="auto" if cost is not None and not oracle else "fixed")
     cost = cost or CostModel([1], [1.0])
     calibrator = ReachCalibrator()
     warm_up(n_vocab, config.top_k, config)   # every kernel compiled outside the timed drafting
@@ -65,13 +71,20 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
             t = time.perf_counter()
             full, tree, expected = draft_step(matrix, history, config, calibrator, cost, nodes, deepest,
                                               lookup=lookup)
-            c["draft_s"] += time.perf_counter() - t
-            c["verify_s"] += float(cost(len(tree) + pending))
+            drafting = time.perf_counter() - t
             upcoming = iter(truth[len(out):])  # "the model" chooses the recorded tokens
             acc, emitted = walk_tree(tree, lambda _row: next(upcoming, -1))
-            # as in decoding, accepted nodes off the batch's first chain are evaluated again next step
-            kept = next((j for j, node in enumerate(acc) if node != j), len(acc))
-            pending = 1 + len(acc) - kept
+            if oracle:   # only the accepted path, as one chain, as far as it pays best (pending is 1 here)
+                drafted = max(range(len(acc) + 1), key=lambda j: (j + 1) / float(cost(j + 1)))   # ties: the shortest
+                acc, emitted = acc[:drafted], emitted[:drafted + 1]
+                c["verify_s"] += float(cost(drafted + 1))
+            else:
+                drafted = len(tree)
+                c["draft_s"] += drafting
+                c["verify_s"] += float(cost(drafted + pending))
+                # as in decoding, accepted nodes off the batch's first chain are evaluated again next step
+                kept = next((j for j, node in enumerate(acc) if node != j), len(acc))
+                pending = 1 + len(acc) - kept
             emitted = [t for t in emitted if t >= 0]
             c["plain_s"] += cost.plain_tokens(len(emitted))   # plain decoding of the same tokens, at their cells
             start = len(history)
@@ -83,7 +96,7 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
             calibrator.learn(history)
             calibrator.settle(expected, len(acc))
             c["steps"] += 1
-            c["drafted"] += len(tree)
+            c["drafted"] += drafted
             c["accepted"] += len(acc)
             c["redecoded"] += pending - 1
         if out != truth:
@@ -176,8 +189,8 @@ def simulate(path, n_vocab: int | None = None, sizes=(1, 2, 4, 8, 16, 32, 64), c
     corpus matrix file is given, with it merged in; with a cost curve, the automatic budget
     chooses the trees (up to each size) and the estimated speed-up over plain decoding is shown.
     `config`: the drafting settings replayed (default: DraftConfig()); `by_workload`: one more row
-    per workload of the recording under each total row; `oracle` (needs a cost curve): one more
-    row, copy_oracle at the config's copy depth; `by_prompt` (needs a cost curve): a second table,
+    per workload of the recording under each total row; `oracle` (needs a cost curve): more rows,
+    the tree oracle (replay's `oracle`) at each size and copy_oracle at the config's copy depth; `by_prompt` (needs a cost curve): a second table,
     each workload's speed-up as the bench reports it (the geometric mean of its prompts') and its
     lowest prompt, the floor of issue 4's targets."""
     recorded = load_recorded(path)
@@ -211,11 +224,15 @@ def simulate(path, n_vocab: int | None = None, sizes=(1, 2, 4, 8, 16, 32, 64), c
             r = replay(recorded, n_vocab, config, n, static, cost=cost)
             for w, (count, geo, low, key) in (per_prompt(r["by_prompt"]).items() if by_prompt else ()):
                 prompt_lines.append(f"| aded MCTS | {name} | {n} | {w} | {count} | {geo:.3f}x | {low:.3f}x ({key}) |")
-            parts = [(name, r)] + ([(f"{name}: {w}", c) for w, c in r["by_workload"].items()] if by_workload else [])
-            for label, c in parts:
-                speed = f"{c['est_speedup']:.3f}x" if cost else "-"
-                lines.append(f"| aded MCTS | {label} | {n} | {c['tokens_per_step']:.2f} | {c['accepted']}/{c['drafted']} | "
-                             f"{c['draft_us_per_token']:.1f} | {speed} |")
+            runs = [("aded MCTS", r)] + ([("tree oracle", replay(recorded, n_vocab, config, n, static, cost, oracle=True))]
+                                         if oracle else [])
+            for drafter, r in runs:
+                parts = [(name, r)] + ([(f"{name}: {w}", c) for w, c in r["by_workload"].items()] if by_workload else [])
+                for label, c in parts:
+                    speed = f"{c['est_speedup']:.3f}x" if cost else "-"
+                    drafting = f"{c['draft_us_per_token']:.1f}" if drafter == "aded MCTS" else "-"
+                    lines.append(f"| {drafter} | {label} | {n} | {c['tokens_per_step']:.2f} | {c['accepted']}/{c['drafted']} | "
+                                 f"{drafting} | {speed} |")
     if oracle:
         r = copy_oracle(recorded, cost, config.copy_depth, config.copy_ngram)
         parts = [("-", r)] + ([(w, c) for w, c in r["by_workload"].items()] if by_workload else [])

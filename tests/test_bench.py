@@ -175,6 +175,38 @@ def test_replay_with_a_cost_curve_lets_the_budget_decide():
     assert linear["est_speedup"] <= 1.0
 
 
+def test_tree_oracle_verifies_only_what_the_model_accepts(tmp_path):
+    """The tree oracle (`simulate --oracle`): each step's whole tree searched, only its accepted
+    path verified, cut where tokens per second peak. On a flat curve it takes every accepted
+    token, as fixed trees do, at one row per token; where every row costs a plain step it takes
+    plain steps; between the two, only paths long enough to pay."""
+    from aded_edge.budget import CostModel
+    from aded_edge.config import DraftConfig
+    phrase = [5, 6, 7, 8, 9, 10, 11, 12]
+    rec = [dict(workload="edit", prompt=phrase * 3, output=phrase * 4 + [13, 14, 15]),
+           dict(workload="chat", prompt=[1, 2, 3, 4], output=[16, 17, 18, 13, 14, 19])]
+    fixed = replay(rec, 20, DraftConfig(), 16)
+    flat = replay(rec, 20, DraftConfig(), 16, cost=CostModel([1, 17], [1.0, 1.0]), oracle=True)
+    assert (flat["tokens"], flat["steps"], flat["accepted"]) == (fixed["tokens"], fixed["steps"], fixed["accepted"])
+    assert flat["drafted"] == flat["accepted"] > 0 and flat["redecoded"] == 0 and fixed["drafted"] > fixed["accepted"]
+    assert flat["est_speedup"] == pytest.approx(flat["tokens"] / flat["steps"])
+    linear = replay(rec, 20, DraftConfig(), 16, cost=CostModel([1, 17], [1.0, 17.0]), oracle=True)
+    assert (linear["drafted"], linear["steps"], linear["est_speedup"]) == (0, linear["tokens"], pytest.approx(1.0))
+    steep = CostModel([1, 2, 17], [1.0, 2.1, 2.5])   # a one-node path loses (2 tokens for 2.1), longer ones pay
+    mid = replay(rec, 20, DraftConfig(), 16, cost=steep, oracle=True)
+    assert mid["accepted"] == mid["drafted"] > 0 and mid["steps"] > flat["steps"]
+    assert mid["est_speedup"] > 1.0   # a step verifies a path only where it beats a plain step
+    with pytest.raises(ValueError, match="cost curve"):
+        replay(rec, 20, DraftConfig(), 16, oracle=True)
+    path = tmp_path / "recorded.jsonl"
+    path.write_text("\n".join(json.dumps(dict(r, id=str(i), n_vocab=20)) for i, r in enumerate(rec)) + "\n")
+    costs = tmp_path / "costs.json"
+    costs.write_text(json.dumps(dict(sizes=[1, 17], seconds=[1.0, 1.0])))
+    out = simulate(path, sizes=(16,), costs=costs, oracle=True, by_workload=True)
+    line = f"| tree oracle | context | 16 | {flat['tokens_per_step']:.2f} | {flat['accepted']}/{flat['drafted']} | - | "
+    assert line in out and "| tree oracle | context: chat | 16 |" in out and "| copy oracle | - |" in out
+
+
 def test_simulate_by_prompt_reports_each_workloads_geometric_mean_and_floor(tmp_path, capsys):
     """`simulate --by-prompt`: a workload's speed-up as the bench reports it (the geometric mean of
     its prompts', not the ratio of its summed times) and its lowest prompt, the floor of issue 4's
