@@ -190,9 +190,10 @@ def simulate(path, n_vocab: int | None = None, sizes=(1, 2, 4, 8, 16, 32, 64), c
     chooses the trees (up to each size) and the estimated speed-up over plain decoding is shown.
     `config`: the drafting settings replayed (default: DraftConfig()); `by_workload`: one more row
     per workload of the recording under each total row; `oracle` (needs a cost curve): more rows,
-    the tree oracle (replay's `oracle`) at each size and copy_oracle at the config's copy depth; `by_prompt` (needs a cost curve): a second table,
-    each workload's speed-up as the bench reports it (the geometric mean of its prompts') and its
-    lowest prompt, the floor of issue 4's targets."""
+    the tree oracle (replay's `oracle`) at each size and copy_oracle at the config's copy depth;
+    `by_prompt` (needs a cost curve): a second table, each workload's speed-up as the bench
+    reports it (the geometric mean of its prompts') and its lowest prompt, the floor of issue 4's
+    targets."""
     recorded = load_recorded(path)
     n_vocab = n_vocab or max(int(r.get("n_vocab", 0)) for r in recorded) or None
     if not n_vocab:
