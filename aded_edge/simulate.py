@@ -75,7 +75,7 @@ def replay(recorded: list[dict], n_vocab: int, config: DraftConfig, nodes: int, 
             upcoming = iter(truth[len(out):])  # "the model" chooses the recorded tokens
             acc, emitted = walk_tree(tree, lambda _row: next(upcoming, -1))
             if oracle:   # only the accepted path, as one chain, as far as it pays best (pending is 1 here)
-                drafted = max(range(len(acc) + 1), key=lambda j: (j + 1) / float(cost(j + 1)))   # ties: the shortest
+                drafted = _best_prefix(cost, len(acc))
                 acc, emitted = acc[:drafted], emitted[:drafted + 1]
                 c["verify_s"] += float(cost(drafted + 1))
             else:
@@ -129,7 +129,7 @@ def copy_oracle(recorded: list[dict], cost: CostModel, depth: int, min_order: in
             right = 0
             while right < len(chain) and at + right < len(truth) and chain[right] == truth[at + right]:
                 right += 1
-            k = max(range(right + 1), key=lambda j: (j + 1) / float(cost(j + 1)))   # ties: the shortest
+            k = _best_prefix(cost, right)
             c["verify_s"] += float(cost(k + 1))
             c["plain_s"] += cost.plain_tokens(min(k + 1, len(truth) - at))   # (a last bonus lies past the answer)
             c["steps"] += 1
@@ -140,6 +140,12 @@ def copy_oracle(recorded: list[dict], cost: CostModel, depth: int, min_order: in
         c["tokens"] += len(truth) - 1
     cost.at(cost.prefix)
     return _totals(counts, depth)
+
+
+def _best_prefix(cost: CostModel, longest: int) -> int:
+    """How many of `longest` known-accepted draft tokens an oracle verifies: the count whose step
+    (those tokens and the bonus) gives the most tokens per second on the curve (ties: the fewest)."""
+    return max(range(longest + 1), key=lambda j: (j + 1) / float(cost(j + 1)))
 
 
 def _lookup(rec: dict, history: list, min_order: int) -> ContextLookup:
